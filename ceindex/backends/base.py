@@ -1,0 +1,135 @@
+"""The one backend interface: an OpenSearch and an embedded implementation sit behind it.
+
+A *build* writes into a fresh physical index (``NAME-<timestamp>``) and then points the name ``NAME`` at it,
+so readers never see a half-built index. Build progress (how many corpus records are committed) is kept with
+the physical index, which is what makes a rerun of the same build resume instead of starting over.
+"""
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from ceindex.data.corpus import Document, Rejected
+from ceindex.encoders.base import EncoderDescription
+
+MAPPING_VERSION = 1
+BUILDING, COMPLETE = "building", "complete"
+
+
+@dataclass
+class BuildState:
+    """What a physical index records about the build that fills it."""
+
+    physical: str  # the physical index name, e.g. scifact-20261127t183000
+    alias: str
+    encoder: EncoderDescription
+    corpus_fingerprint: str
+    committed: int = 0  # corpus records (good or bad) fully handled and durable
+    status: str = BUILDING
+
+    def to_meta(self) -> dict[str, Any]:
+        return {
+            "ceindex_mapping_version": MAPPING_VERSION,
+            "alias": self.alias,
+            "encoder": self.encoder.to_dict(),
+            "build": {"status": self.status, "committed": self.committed, "corpus": self.corpus_fingerprint},
+        }
+
+    @classmethod
+    def from_meta(cls, physical: str, meta: dict[str, Any]) -> "BuildState":
+        build = meta.get("build", {})
+        return cls(
+            physical=physical,
+            alias=meta.get("alias", ""),
+            encoder=EncoderDescription.from_dict(meta["encoder"]),
+            corpus_fingerprint=build.get("corpus", ""),
+            committed=int(build.get("committed", 0)),
+            status=build.get("status", COMPLETE),
+        )
+
+
+@dataclass
+class IndexSettings:
+    """Index-creation options taken from the build configuration."""
+
+    knn_m: int = 16
+    knn_ef_construction: int = 128
+    shards: int = 1
+    replicas: int = 0
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+    rank: int  # 1-based
+
+
+@dataclass
+class IndexInfo:
+    name: str  # what the user asked for (an alias)
+    physical: str
+    encoder: EncoderDescription
+    count: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def new_physical_name(alias: str) -> str:
+    return f"{alias}-{time.strftime('%Y%m%dt%H%M%S', time.gmtime())}{int(time.time() * 1000) % 1000:03d}"
+
+
+class Backend(ABC):
+    """Where documents and vectors live; used by ``ceindex build`` and the search pipeline."""
+
+    # --- building ---------------------------------------------------------------------------
+    @abstractmethod
+    def find_resumable(self, alias: str, encoder: EncoderDescription, corpus_fingerprint: str) -> BuildState | None:
+        """An unfinished build of ``alias`` with the same encoder and corpus, if there is one."""
+
+    @abstractmethod
+    def current_encoder(self, alias: str) -> EncoderDescription | None:
+        """The encoder recorded by the index ``alias`` points at, or None when there is none."""
+
+    @abstractmethod
+    def create(self, state: BuildState, settings: IndexSettings) -> None:
+        """Create the physical index for a new build, tuned for loading."""
+
+    @abstractmethod
+    def write(self, state: BuildState, docs: Sequence[Document], vectors: np.ndarray) -> list[Rejected]:
+        """Upsert documents by id; return per-document failures (the rest are written)."""
+
+    @abstractmethod
+    def commit(self, state: BuildState) -> None:
+        """Make everything written so far durable and record ``state.committed``."""
+
+    @abstractmethod
+    def finish(self, state: BuildState, settings: IndexSettings) -> int:
+        """Restore serving settings, point the alias at the build, mark it complete; return the doc count."""
+
+    @abstractmethod
+    def prune(self, alias: str) -> list[str]:
+        """Delete physical indexes of ``alias`` that the alias no longer points at; return their names."""
+
+    # --- searching --------------------------------------------------------------------------
+    @abstractmethod
+    def info(self, name: str) -> IndexInfo:
+        """Describe the index ``name`` (alias or physical); raise BackendError when missing."""
+
+    @abstractmethod
+    def bm25(self, name: str, queries: Sequence[str], n: int) -> list[list[Hit]]:
+        """BM25 top-``n`` per query."""
+
+    @abstractmethod
+    def knn(self, name: str, vectors: np.ndarray, n: int, ef_search: int = 100) -> list[list[Hit]]:
+        """Nearest ``n`` documents per query vector (cosine on unit vectors)."""
+
+    @abstractmethod
+    def fetch(self, name: str, ids: Sequence[str]) -> dict[str, Document]:
+        """Stored documents by id (missing ids are absent from the result)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections or files."""

@@ -1,0 +1,288 @@
+"""Embedded on-disk backend: no server, one folder per index under ``CEINDEX_HOME``.
+
+Why these parts:
+- **SQLite** (stdlib) holds documents, vectors and the build state in one file, so a committed batch and the
+  record of how far the build got are made durable in the same transaction: a crash loses at most the batch
+  in flight, and upserts by id make the rerun idempotent.
+- **bm25s** does BM25 with Lucene's formula and OpenSearch's parameters (k1 1.2, b 0.75) on an English
+  snowball stemmer with English stop words, which ranks close to OpenSearch's ``english`` analyzer.
+- **Exact inner product with numpy** over a memory-mapped float32 matrix for k-NN: exact (HNSW would only
+  approximate it), no extra dependency, and fast enough for corpora up to a few million vectors on one machine.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ceindex.backends.base import (
+    BUILDING,
+    COMPLETE,
+    Backend,
+    BuildState,
+    Hit,
+    IndexInfo,
+    IndexSettings,
+)
+from ceindex.data.corpus import Document, Rejected
+from ceindex.encoders.base import EncoderDescription
+from ceindex.errors import BackendError
+
+logger = logging.getLogger(__name__)
+
+BM25_K1, BM25_B = 1.2, 0.75
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS docs (
+    id TEXT PRIMARY KEY, title TEXT NOT NULL, text TEXT NOT NULL, metadata TEXT NOT NULL, vector BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def bm25_tokenize(texts: Sequence[str]) -> Any:
+    import bm25s
+    import Stemmer
+
+    return bm25s.tokenize(list(texts), stopwords="en", stemmer=Stemmer.Stemmer("english"), show_progress=False)
+
+
+class _LoadedIndex:
+    """A finished index opened for search (vectors memory-mapped, BM25 loaded once)."""
+
+    def __init__(self, folder: Path) -> None:
+        import bm25s
+
+        self.folder = folder
+        self.ids: list[str] = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
+        self.vectors = np.load(folder / "vectors.npy", mmap_mode="r")
+        self.bm25 = bm25s.BM25.load(str(folder / "bm25")) if self.ids else None
+        self.meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        self._db = sqlite3.connect(folder / "docs.sqlite", check_same_thread=False)
+        self._lock = threading.Lock()
+
+    def fetch(self, ids: Sequence[str]) -> dict[str, Document]:
+        if not ids:
+            return {}
+        out: dict[str, Document] = {}
+        with self._lock:
+            for start in range(0, len(ids), 500):
+                chunk = list(ids[start : start + 500])
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(f"SELECT id, title, text, metadata FROM docs WHERE id IN ({marks})", chunk)
+                for doc_id, title, text, metadata in rows:
+                    out[doc_id] = Document(id=doc_id, title=title, text=text, metadata=json.loads(metadata))
+        return out
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class EmbeddedBackend(Backend):
+    def __init__(self, home: str | Path) -> None:
+        self.home = Path(home).expanduser()
+        self.indexes_dir = self.home / "indexes"
+        self.aliases_dir = self.home / "aliases"
+        self._writers: dict[str, sqlite3.Connection] = {}
+        self._loaded: dict[str, _LoadedIndex] = {}
+        self._load_lock = threading.Lock()
+
+    # --- names ------------------------------------------------------------------------------
+    def _folder(self, physical: str) -> Path:
+        return self.indexes_dir / physical
+
+    def _alias_target(self, alias: str) -> str | None:
+        path = self.aliases_dir / f"{alias}.json"
+        if not path.is_file():
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))["physical"]
+
+    def _resolve(self, name: str) -> str:
+        target = self._alias_target(name)
+        if target is not None:
+            return target
+        if (self._folder(name) / "meta.json").is_file():
+            return name
+        known = sorted(p.stem for p in self.aliases_dir.glob("*.json")) if self.aliases_dir.is_dir() else []
+        raise BackendError(
+            f"no embedded index named '{name}' under {self.home} "
+            f"(known: {', '.join(known) or 'none'}); build one with `ceindex build --index {name} ...`"
+        )
+
+    # --- building ---------------------------------------------------------------------------
+    def _read_meta_table(self, db: sqlite3.Connection) -> dict[str, Any]:
+        row = db.execute("SELECT value FROM meta WHERE key = 'state'").fetchone()
+        return json.loads(row[0]) if row else {}
+
+    def find_resumable(self, alias: str, encoder: EncoderDescription, corpus_fingerprint: str) -> BuildState | None:
+        if not self.indexes_dir.is_dir():
+            return None
+        for folder in sorted(self.indexes_dir.glob(f"{alias}-*"), reverse=True):
+            db_path = folder / "docs.sqlite"
+            if not db_path.is_file() or (folder / "meta.json").is_file():
+                continue
+            db = sqlite3.connect(db_path)
+            try:
+                meta = self._read_meta_table(db)
+            finally:
+                db.close()
+            if not meta or meta.get("alias") != alias:
+                continue
+            state = BuildState.from_meta(folder.name, meta)
+            if (
+                state.status == BUILDING
+                and state.corpus_fingerprint == corpus_fingerprint
+                and not state.encoder.differences(encoder)
+            ):
+                return state
+        return None
+
+    def current_encoder(self, alias: str) -> EncoderDescription | None:
+        physical = self._alias_target(alias)
+        if physical is None:
+            return None
+        meta = json.loads((self._folder(physical) / "meta.json").read_text(encoding="utf-8"))
+        return EncoderDescription.from_dict(meta["encoder"])
+
+    def _writer(self, state: BuildState) -> sqlite3.Connection:
+        db = self._writers.get(state.physical)
+        if db is None:
+            folder = self._folder(state.physical)
+            folder.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(folder / "docs.sqlite")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+            self._writers[state.physical] = db
+        return db
+
+    def create(self, state: BuildState, settings: IndexSettings) -> None:
+        if self._folder(state.physical).exists():
+            raise BackendError(f"embedded index folder {self._folder(state.physical)} already exists")
+        self.commit(state)
+
+    def write(self, state: BuildState, docs: Sequence[Document], vectors: np.ndarray) -> list[Rejected]:
+        db = self._writer(state)
+        rows = [
+            (d.id, d.title, d.text, json.dumps(d.metadata, ensure_ascii=False, default=str), np.asarray(v, "<f4").tobytes())
+            for d, v in zip(docs, vectors)
+        ]
+        db.executemany("INSERT OR REPLACE INTO docs VALUES (?, ?, ?, ?, ?)", rows)
+        return []
+
+    def commit(self, state: BuildState) -> None:
+        db = self._writer(state)
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('state', ?)", (json.dumps(state.to_meta()),))
+        db.commit()
+
+    def finish(self, state: BuildState, settings: IndexSettings) -> int:
+        import bm25s
+
+        db = self._writer(state)
+        folder = self._folder(state.physical)
+        ids: list[str] = []
+        texts: list[str] = []
+        dims = state.encoder.dims
+        count = db.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
+        matrix = np.lib.format.open_memmap(folder / "vectors.npy", mode="w+", dtype=np.float32, shape=(count, dims))
+        for row, (doc_id, title, text, blob) in enumerate(db.execute("SELECT id, title, text, vector FROM docs ORDER BY rowid")):
+            ids.append(doc_id)
+            texts.append(f"{title} {text}".strip() if title else text)
+            matrix[row] = np.frombuffer(blob, dtype="<f4")
+        matrix.flush()
+        del matrix
+        if ids:
+            retriever = bm25s.BM25(k1=BM25_K1, b=BM25_B, method="lucene")
+            retriever.index(bm25_tokenize(texts), show_progress=False)
+            retriever.save(str(folder / "bm25"))
+        del texts
+        (folder / "ids.json").write_text(json.dumps(ids), encoding="utf-8")
+        state.status = COMPLETE
+        self.commit(state)
+        db.close()
+        self._writers.pop(state.physical, None)
+        meta = state.to_meta() | {"count": len(ids)}
+        _atomic_write(folder / "meta.json", json.dumps(meta, indent=2))
+        self.aliases_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.aliases_dir / f"{state.alias}.json", json.dumps({"physical": state.physical}))
+        logger.info("alias %s -> %s (%d documents)", state.alias, state.physical, len(ids))
+        return len(ids)
+
+    def prune(self, alias: str) -> list[str]:
+        current = self._alias_target(alias)
+        removed = []
+        for folder in sorted(self.indexes_dir.glob(f"{alias}-*")) if self.indexes_dir.is_dir() else []:
+            if folder.name != current and folder.name not in self._writers:
+                shutil.rmtree(folder)
+                removed.append(folder.name)
+        return removed
+
+    # --- searching --------------------------------------------------------------------------
+    def _open(self, name: str) -> _LoadedIndex:
+        physical = self._resolve(name)
+        with self._load_lock:
+            loaded = self._loaded.get(physical)
+            if loaded is None:
+                loaded = _LoadedIndex(self._folder(physical))
+                self._loaded[physical] = loaded
+        return loaded
+
+    def info(self, name: str) -> IndexInfo:
+        loaded = self._open(name)
+        return IndexInfo(
+            name=name,
+            physical=loaded.folder.name,
+            encoder=EncoderDescription.from_dict(loaded.meta["encoder"]),
+            count=len(loaded.ids),
+        )
+
+    def bm25(self, name: str, queries: Sequence[str], n: int) -> list[list[Hit]]:
+        loaded = self._open(name)
+        if loaded.bm25 is None or not queries:
+            return [[] for _ in queries]
+        k = min(n, len(loaded.ids))
+        indices, scores = loaded.bm25.retrieve(bm25_tokenize(queries), k=k, show_progress=False, n_threads=0)
+        return [
+            [Hit(loaded.ids[int(i)], float(s), rank) for rank, (i, s) in enumerate(zip(row_i, row_s), start=1) if s > 0]
+            for row_i, row_s in zip(indices, scores)
+        ]
+
+    def knn(self, name: str, vectors: np.ndarray, n: int, ef_search: int = 100) -> list[list[Hit]]:
+        loaded = self._open(name)
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        if vectors.shape[1] != loaded.vectors.shape[1]:
+            raise BackendError(
+                f"query vectors have {vectors.shape[1]} dimensions, index '{name}' has {loaded.vectors.shape[1]}"
+            )
+        if not loaded.ids:
+            return [[] for _ in range(len(vectors))]
+        scores = vectors @ np.asarray(loaded.vectors).T
+        k = min(n, scores.shape[1])
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        results = []
+        for row, candidates in enumerate(top):
+            order = candidates[np.argsort(-scores[row, candidates], kind="stable")]
+            results.append([Hit(loaded.ids[int(i)], float(scores[row, i]), rank) for rank, i in enumerate(order, start=1)])
+        return results
+
+    def fetch(self, name: str, ids: Sequence[str]) -> dict[str, Document]:
+        return self._open(name).fetch(ids)
+
+    def close(self) -> None:
+        for db in self._writers.values():
+            db.close()
+        self._writers.clear()
+        for loaded in self._loaded.values():
+            loaded.close()
+        self._loaded.clear()
+
+
+def _atomic_write(path: Path, content: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(content, encoding="utf-8")
+    os.replace(tmp, path)

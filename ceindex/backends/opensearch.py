@@ -1,0 +1,298 @@
+"""OpenSearch backend (opensearch-py): bulk loading with retries, alias swaps, BM25 and k-NN via msearch."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from ceindex.backends.base import BUILDING, COMPLETE, Backend, BuildState, Hit, IndexInfo, IndexSettings
+from ceindex.config import OpenSearchConfig, opensearch_credentials
+from ceindex.data.corpus import Document, Rejected
+from ceindex.encoders.base import EncoderDescription
+from ceindex.errors import BackendError
+from mappings import index_body
+
+logger = logging.getLogger(__name__)
+
+SOURCE_FIELDS = ["doc_id", "title", "text", "metadata"]
+
+
+def make_client(config: OpenSearchConfig) -> Any:
+    """An opensearch-py client that retries timeouts and 5xx at the transport level."""
+    from opensearchpy import OpenSearch
+
+    if not config.url:
+        raise BackendError("no OpenSearch URL given (use --opensearch URL)")
+    credentials = opensearch_credentials()
+    return OpenSearch(
+        hosts=[config.url],
+        http_auth=credentials,
+        verify_certs=config.verify_certs,
+        ssl_show_warn=config.verify_certs,
+        ca_certs=config.ca_certs,
+        timeout=config.timeout,
+        max_retries=config.max_retries,
+        retry_on_timeout=True,
+        retry_on_status=(502, 503, 504),
+        http_compress=True,
+    )
+
+
+def _translate(exc: Exception, url: str, action: str) -> BackendError:
+    from opensearchpy import exceptions as osx
+
+    if isinstance(exc, osx.AuthenticationException):
+        return BackendError(
+            f"OpenSearch at {url} refused the credentials while {action} (HTTP 401); "
+            "set CEINDEX_OPENSEARCH_USER and CEINDEX_OPENSEARCH_PASSWORD"
+        )
+    if isinstance(exc, osx.AuthorizationException):
+        return BackendError(f"OpenSearch at {url} denied permission while {action} (HTTP 403): {exc.error}")
+    if isinstance(exc, osx.ConnectionTimeout):
+        return BackendError(f"OpenSearch at {url} timed out while {action}; raise --timeout or check the cluster")
+    if isinstance(exc, osx.SSLError):
+        return BackendError(
+            f"TLS failure talking to {url} while {action}: {exc.info if hasattr(exc, 'info') else exc}; "
+            "pass the cluster's CA bundle with --ca-certs (or --no-verify-certs for a throwaway test cluster)"
+        )
+    if isinstance(exc, osx.ConnectionError):
+        return BackendError(f"cannot reach OpenSearch at {url} while {action}: is the cluster running?")
+    if isinstance(exc, osx.TransportError):
+        return BackendError(f"OpenSearch at {url} failed while {action}: HTTP {exc.status_code} {exc.error}: {exc.info}")
+    return BackendError(f"OpenSearch at {url} failed while {action}: {exc}")
+
+
+class OpenSearchBackend(Backend):
+    def __init__(
+        self,
+        config: OpenSearchConfig,
+        *,
+        chunk_docs: int = 500,
+        chunk_bytes: int = 10 * 1024 * 1024,
+        client: Any | None = None,
+    ) -> None:
+        self.config = config
+        self.chunk_docs = chunk_docs
+        self.chunk_bytes = chunk_bytes
+        self.url = config.url or ""
+        self.client = client or make_client(config)
+
+    def _call(self, action: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from opensearchpy import exceptions as osx
+
+        try:
+            return fn(*args, **kwargs)
+        except (osx.TransportError, osx.ImproperlyConfigured) as exc:
+            raise _translate(exc, self.url, action) from exc
+
+    def ping(self) -> dict[str, Any]:
+        return self._call("connecting", self.client.info)
+
+    # --- building ---------------------------------------------------------------------------
+    def _metas(self, pattern: str) -> dict[str, dict[str, Any]]:
+        from opensearchpy import NotFoundError
+
+        try:
+            mappings = self.client.indices.get_mapping(index=pattern, allow_no_indices=True, expand_wildcards="open")
+        except NotFoundError:
+            return {}
+        except Exception as exc:  # noqa: BLE001 - translated below
+            raise _translate(exc, self.url, f"reading index metadata for {pattern}") from exc
+        return {name: body.get("mappings", {}).get("_meta", {}) for name, body in mappings.items()}
+
+    def find_resumable(self, alias: str, encoder: EncoderDescription, corpus_fingerprint: str) -> BuildState | None:
+        for physical, meta in sorted(self._metas(f"{alias}-*").items(), reverse=True):
+            if meta.get("alias") != alias or "encoder" not in meta:
+                continue
+            state = BuildState.from_meta(physical, meta)
+            if (
+                state.status == BUILDING
+                and state.corpus_fingerprint == corpus_fingerprint
+                and not state.encoder.differences(encoder)
+            ):
+                return state
+        return None
+
+    def _alias_targets(self, alias: str) -> list[str]:
+        from opensearchpy import NotFoundError
+
+        try:
+            found = self.client.indices.get_alias(name=alias)
+        except NotFoundError:
+            return []
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc, self.url, f"reading alias {alias}") from exc
+        return sorted(found)
+
+    def current_encoder(self, alias: str) -> EncoderDescription | None:
+        if self._call("checking the index name", self.client.indices.exists, index=alias) and not self._alias_targets(alias):
+            raise BackendError(
+                f"'{alias}' is a concrete index on {self.url}, not a ceindex alias; choose another --index name "
+                "or delete that index"
+            )
+        targets = self._alias_targets(alias)
+        if not targets:
+            return None
+        meta = self._metas(targets[0]).get(targets[0], {})
+        if "encoder" not in meta:
+            raise BackendError(f"index {targets[0]} behind alias '{alias}' has no ceindex metadata (_meta.encoder)")
+        return EncoderDescription.from_dict(meta["encoder"])
+
+    def create(self, state: BuildState, settings: IndexSettings) -> None:
+        body = index_body(
+            dims=state.encoder.dims,
+            meta=state.to_meta(),
+            m=settings.knn_m,
+            ef_construction=settings.knn_ef_construction,
+            shards=settings.shards,
+        )
+        self._call(f"creating index {state.physical}", self.client.indices.create, index=state.physical, body=body)
+
+    def _actions(self, state: BuildState, docs: Sequence[Document], vectors: np.ndarray) -> Iterator[dict[str, Any]]:
+        for doc, vector in zip(docs, vectors):
+            yield {
+                "_op_type": "index",
+                "_index": state.physical,
+                "_id": doc.id,
+                "_source": {
+                    "doc_id": doc.id,
+                    "title": doc.title,
+                    "text": doc.text,
+                    "metadata": doc.metadata,
+                    "vector": [float(x) for x in vector],
+                },
+            }
+
+    def write(self, state: BuildState, docs: Sequence[Document], vectors: np.ndarray) -> list[Rejected]:
+        from opensearchpy import helpers
+
+        by_id = {doc.id: doc for doc in docs}
+        rejects: list[Rejected] = []
+        try:
+            for ok, item in helpers.streaming_bulk(
+                self.client,
+                self._actions(state, docs, vectors),
+                chunk_size=self.chunk_docs,
+                max_chunk_bytes=self.chunk_bytes,
+                raise_on_error=False,
+                max_retries=self.config.max_retries,
+                initial_backoff=1,
+                max_backoff=30,
+            ):
+                if ok:
+                    continue
+                result = next(iter(item.values()))
+                doc = by_id.get(str(result.get("_id")))
+                error = result.get("error", {})
+                reason = error.get("reason", str(error)) if isinstance(error, dict) else str(error)
+                rejects.append(
+                    Rejected(
+                        source="opensearch",
+                        line=doc.line if doc else 0,
+                        id=result.get("_id"),
+                        reason=f"rejected by OpenSearch (HTTP {result.get('status')}): {reason}",
+                    )
+                )
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc, self.url, f"bulk-writing into {state.physical}; rerun the same command to resume") from exc
+        return rejects
+
+    def commit(self, state: BuildState) -> None:
+        self._call(
+            f"recording progress in {state.physical}",
+            self.client.indices.put_mapping,
+            index=state.physical,
+            body={"_meta": state.to_meta()},
+        )
+
+    def finish(self, state: BuildState, settings: IndexSettings) -> int:
+        physical = state.physical
+        self._call(
+            "restoring index settings",
+            self.client.indices.put_settings,
+            index=physical,
+            body={"index": {"refresh_interval": None, "number_of_replicas": settings.replicas}},
+        )
+        self._call("refreshing", self.client.indices.refresh, index=physical)
+        count = int(self._call("counting", self.client.count, index=physical)["count"])
+        state.status = COMPLETE
+        self.commit(state)
+        actions: list[dict[str, Any]] = [
+            {"remove": {"index": old, "alias": state.alias}} for old in self._alias_targets(state.alias) if old != physical
+        ]
+        actions.append({"add": {"index": physical, "alias": state.alias}})
+        self._call(f"moving alias {state.alias}", self.client.indices.update_aliases, body={"actions": actions})
+        logger.info("alias %s -> %s (%d documents)", state.alias, physical, count)
+        return count
+
+    def prune(self, alias: str) -> list[str]:
+        current = set(self._alias_targets(alias))
+        old = [name for name, meta in self._metas(f"{alias}-*").items() if meta.get("alias") == alias and name not in current]
+        for name in sorted(old):
+            self._call(f"deleting {name}", self.client.indices.delete, index=name)
+        return sorted(old)
+
+    # --- searching --------------------------------------------------------------------------
+    def info(self, name: str) -> IndexInfo:
+        from opensearchpy import NotFoundError
+
+        try:
+            mapping = self.client.indices.get_mapping(index=name)
+        except NotFoundError:
+            raise BackendError(
+                f"no index or alias named '{name}' on {self.url}; build one with `ceindex build --index {name} ...`"
+            ) from None
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc, self.url, f"reading index {name}") from exc
+        physical, body = sorted(mapping.items())[-1]
+        meta = body.get("mappings", {}).get("_meta", {})
+        if "encoder" not in meta:
+            raise BackendError(f"index '{name}' on {self.url} was not built by ceindex (no _meta.encoder)")
+        count = int(self._call("counting", self.client.count, index=name)["count"])
+        return IndexInfo(name=name, physical=physical, encoder=EncoderDescription.from_dict(meta["encoder"]), count=count)
+
+    def _msearch(self, name: str, bodies: list[dict[str, Any]], action: str) -> list[list[Hit]]:
+        if not bodies:
+            return []
+        lines: list[dict[str, Any]] = []
+        for body in bodies:
+            lines.extend(({"index": name}, body))
+        response = self._call(action, self.client.msearch, body=lines)
+        results = []
+        for item in response["responses"]:
+            if "error" in item:
+                error = item["error"]
+                raise BackendError(f"OpenSearch {action} on '{name}' failed: {error.get('reason', error) if isinstance(error, dict) else error}")
+            hits = item["hits"]["hits"]
+            results.append([Hit(h["_id"], float(h["_score"]), rank) for rank, h in enumerate(hits, start=1)])
+        return results
+
+    def bm25(self, name: str, queries: Sequence[str], n: int) -> list[list[Hit]]:
+        bodies = [{"size": n, "_source": False, "query": {"match": {"body": q}}} for q in queries]
+        return self._msearch(name, bodies, "BM25 search")
+
+    def knn(self, name: str, vectors: np.ndarray, n: int, ef_search: int = 100) -> list[list[Hit]]:
+        # The Lucene engine's candidate queue is k; asking for k = max(n, ef_search) and keeping n is ef_search.
+        k = max(n, ef_search)
+        bodies = [
+            {"size": n, "_source": False, "query": {"knn": {"vector": {"vector": [float(x) for x in v], "k": k}}}}
+            for v in np.atleast_2d(vectors)
+        ]
+        results = self._msearch(name, bodies, "k-NN search")
+        # Lucene cosinesimil scores are (1 + cos) / 2; report cosine like the embedded backend.
+        return [[Hit(h.id, 2.0 * h.score - 1.0, h.rank) for h in hits] for hits in results]
+
+    def fetch(self, name: str, ids: Sequence[str]) -> dict[str, Document]:
+        if not ids:
+            return {}
+        response = self._call("fetching documents", self.client.mget, index=name, body={"ids": list(ids)}, _source_includes=SOURCE_FIELDS)
+        out = {}
+        for doc in response["docs"]:
+            if doc.get("found"):
+                src = doc["_source"]
+                out[doc["_id"]] = Document(id=doc["_id"], title=src.get("title", ""), text=src.get("text", ""), metadata=src.get("metadata") or {})
+        return out
+
+    def close(self) -> None:
+        self.client.close()

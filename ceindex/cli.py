@@ -1,0 +1,75 @@
+"""The ``ceindex`` command line. Errors are caught here, once, and printed as one actionable line."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from ceindex import __version__
+from ceindex.errors import CeindexError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except CeindexError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="ceindex")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def cli(verbose: int, quiet: bool) -> None:
+    """ceindex: use a cross-encoder as a fast first-stage retriever.
+
+    \b
+    Typical flow:
+      ceindex layers  --data DIR          find the cross-encoder layer that embeds best
+      ceindex build   --data DIR --index NAME --layer L
+                                          BM25 text + early-layer vectors into an index
+      ceindex search  --index NAME "query"  hybrid recall (BM25 + k-NN), then CE re-rank
+      ceindex eval    --data DIR --index NAME   ranx metrics against qrels
+
+    Without --opensearch URL everything runs on the embedded on-disk backend in $CEINDEX_HOME
+    (default ~/.ceindex). Models default to Hugging Face hub ids; point CEINDEX_CE_MODEL /
+    CEINDEX_DE_MODEL at local folders on machines without the hub.
+    """
+    level = logging.WARNING if quiet else (logging.INFO if verbose <= 1 else logging.DEBUG)
+    if not verbose and not quiet:
+        level = logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("opensearch", "urllib3", "httpx", "transformers", "sentence_transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
+
+
+def _register() -> None:
+    from ceindex.commands.build import build_command
+    from ceindex.commands.config import config_command
+    from ceindex.commands.stubs import STUBS
+
+    cli.add_command(build_command, name="build")
+    cli.add_command(config_command, name="config")
+    try:
+        from ceindex.commands.layers import layers_command
+
+        cli.add_command(layers_command, name="layers")
+    except ImportError:  # pragma: no cover - while the layers command is being written
+        pass
+    for name, command in STUBS.items():
+        if name not in cli.commands:
+            cli.add_command(command, name=name)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="ceindex")
+
+
+if __name__ == "__main__":
+    main()

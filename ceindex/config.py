@@ -1,0 +1,215 @@
+"""One YAML configuration file; every key has a CLI flag and a documented default.
+
+The file has one section per dataclass below (``opensearch``, ``encoder``, ``build``, ``search``)
+plus the top-level ``index`` and ``home``. Each field's metadata names its CLI flag and help text, so the
+CLI options, the YAML keys and the documentation (``ceindex config --defaults``) come from one place.
+Secrets (cluster user and password) are read only from environment variables, never from the file.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from ceindex.encoders.config import EncoderConfig
+from ceindex.errors import ConfigError
+
+HOME_ENV = "CEINDEX_HOME"
+USER_ENV = "CEINDEX_OPENSEARCH_USER"
+PASSWORD_ENV = "CEINDEX_OPENSEARCH_PASSWORD"
+
+
+def _opt(default: Any, flag: str, help: str) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"flag": flag, "help": help})
+    return field(default=default, metadata={"flag": flag, "help": help})
+
+
+@dataclass(frozen=True)
+class OpenSearchConfig:
+    url: str | None = _opt(None, "--opensearch", "OpenSearch URL, e.g. https://localhost:9200. Unset = embedded on-disk backend.")
+    verify_certs: bool = _opt(True, "--verify-certs/--no-verify-certs", "Verify the cluster's TLS certificate.")
+    ca_certs: str | None = _opt(None, "--ca-certs", "CA bundle (PEM) used to verify the cluster's certificate.")
+    timeout: float = _opt(30.0, "--timeout", "Seconds to wait for one cluster request.")
+    max_retries: int = _opt(5, "--max-retries", "Retries (exponential backoff) on 429, 5xx and timeouts.")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    chunk_docs: int = _opt(500, "--chunk-docs", "Documents per bulk request.")
+    chunk_bytes: int = _opt(10 * 1024 * 1024, "--chunk-bytes", "Maximum bytes per bulk request.")
+    encode_batch_docs: int = _opt(256, "--encode-batch-docs", "Documents read and embedded per step (one committed batch).")
+    knn_m: int = _opt(16, "--knn-m", "HNSW graph degree (m).")
+    knn_ef_construction: int = _opt(128, "--knn-ef-construction", "HNSW ef_construction.")
+    shards: int = _opt(1, "--shards", "Number of primary shards of a new index.")
+    replicas: int = _opt(0, "--replicas", "Replicas restored after the load (0 during the load).")
+    id_field: str = _opt("_id", "--id-field", "Field (JSONL) or column (CSV/TSV) holding the document id.")
+    text_field: str = _opt("text", "--text-field", "Field or column holding the document text.")
+    title_field: str = _opt("title", "--title-field", "Field or column holding the title (optional in the data).")
+    allow_rejects: bool = _opt(False, "--allow-rejects/--no-allow-rejects", "Exit 0 even when some documents were rejected.")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    recall_n: int = _opt(100, "--recall-n", "Candidates taken from BM25 and from k-NN each.")
+    bm25: bool = _opt(True, "--bm25/--no-bm25", "Use BM25 recall.")
+    knn: bool = _opt(True, "--knn/--no-knn", "Use k-NN recall.")
+    fusion: str = _opt("rrf", "--fusion", "How to fuse BM25 and k-NN: rrf or minmax.")
+    rrf_k: int = _opt(60, "--rrf-k", "Reciprocal rank fusion constant k.")
+    bm25_weight: float = _opt(1.0, "--bm25-weight", "Weight of BM25 in fusion.")
+    knn_weight: float = _opt(1.0, "--knn-weight", "Weight of k-NN in fusion.")
+    knn_ef_search: int = _opt(100, "--knn-ef-search", "HNSW ef_search at query time (OpenSearch).")
+    rerank: bool = _opt(True, "--rerank/--no-rerank", "Re-rank the top fused candidates with the full cross-encoder.")
+    rerank_top: int = _opt(50, "--rerank-top", "How many fused candidates the cross-encoder re-ranks.")
+    rerank_model: str | None = _opt(None, "--rerank-model", "Cross-encoder for re-ranking (default: the encoder's CE model).")
+    rerank_batch_size: int = _opt(32, "--rerank-batch-size", "Pairs per cross-encoder batch.")
+    rerank_max_length: int = _opt(256, "--rerank-max-length", "Max tokens of a (query, document) pair.")
+    rerank_dtype: str = _opt("float32", "--rerank-dtype", "float32, bfloat16, or int8 (CPU dynamic quantisation).")
+    max_query_chars: int = _opt(2000, "--max-query-chars", "Longer queries are refused.")
+
+
+@dataclass(frozen=True)
+class Settings:
+    index: str = _opt("ceindex", "--index", "Index name (an alias on OpenSearch).")
+    home: str | None = _opt(None, "--home", f"Folder of embedded indexes (default ${HOME_ENV} or ~/.ceindex).")
+    opensearch: OpenSearchConfig = field(default_factory=OpenSearchConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    build: BuildConfig = field(default_factory=BuildConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home or os.environ.get(HOME_ENV) or Path.home() / ".ceindex").expanduser()
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+
+SECTIONS: dict[str, type] = {
+    "opensearch": OpenSearchConfig,
+    "encoder": EncoderConfig,
+    "build": BuildConfig,
+    "search": SearchConfig,
+}
+
+# Encoder fields live in ceindex.encoders.config (no click metadata there); their flags:
+ENCODER_FLAGS: dict[str, tuple[str, str]] = {
+    "kind": ("--encoder-kind", "ce-layer (early layer of a cross-encoder) or dual (a dual encoder)."),
+    "model": ("--encoder-model", "Hub id or local folder (default: $CEINDEX_CE_MODEL / $CEINDEX_DE_MODEL or a hub id)."),
+    "layer": ("--layer", "Cross-encoder layer to embed with (0 = embeddings, 1 = first transformer layer)."),
+    "input_mode": ("--input-mode", "self-pair ([CLS] t [SEP] t [SEP], as in the paper) or single."),
+    "pooling": ("--pooling", "mean (real tokens), mean-first-copy, or cls."),
+    "max_length": ("--max-length", "Max tokens per text (self-pair counts both copies)."),
+    "batch_size": ("--batch-size", "Texts per encoder batch."),
+    "device": ("--device", "auto, cpu or cuda."),
+    "dtype": ("--dtype", "float32, bfloat16, or int8 (CPU dynamic quantisation)."),
+}
+
+
+def _to_dict(obj: Any) -> Any:
+    if hasattr(obj, "__dataclass_fields__"):
+        return {f.name: _to_dict(getattr(obj, f.name)) for f in fields(obj)}
+    return obj
+
+
+def _build_section(cls: type, name: str, values: Mapping[str, Any], source: str) -> Any:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{source}: section '{name}' must be a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)}; "
+            f"known keys in '{name}': {', '.join(sorted(known))}"
+        )
+    if name == "opensearch" and any(k in values for k in ("user", "password")):
+        raise ConfigError(f"{source}: secrets are read only from ${USER_ENV} / ${PASSWORD_ENV}, not the file")
+    checked = {k: _coerce(known[k], v, f"{source}: {name}.{k}") for k, v in values.items()}
+    return cls(**checked)
+
+
+def _coerce(f: Any, value: Any, where: str) -> Any:
+    default = f.default if f.default is not MISSING else None
+    if value is None or default is None:
+        return value
+    expected = type(default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(f"{where} must be {expected.__name__}, got {value!r}")
+    return value
+
+
+def load_settings(path: str | Path | None = None, data: Mapping[str, Any] | None = None) -> Settings:
+    """Read settings from a YAML file or a dict; missing keys take their defaults."""
+    source = "config"
+    raw: Any = {}
+    if path is not None:
+        source = str(path)
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    elif data is not None:
+        raw = dict(data)
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: top level must be a mapping of sections")
+    top_known = {f.name for f in fields(Settings)}
+    unknown = sorted(set(raw) - top_known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(top_known))}")
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in SECTIONS:
+            kwargs[key] = _build_section(SECTIONS[key], key, value or {}, source)
+        else:
+            kwargs[key] = value
+    return Settings(**kwargs)
+
+
+def apply_overrides(settings: Settings, overrides: Mapping[str, Any]) -> Settings:
+    """Apply ``{"section.key": value}`` / ``{"index": value}`` overrides; ``None`` values are ignored."""
+    top: dict[str, Any] = {}
+    per_section: dict[str, dict[str, Any]] = {}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        section, _, key = dotted.rpartition(".")
+        if section:
+            per_section.setdefault(section, {})[key] = value
+        else:
+            top[key] = value
+    for section, values in per_section.items():
+        top[section] = replace(getattr(settings, section), **values)
+    return replace(settings, **top)
+
+
+def opensearch_credentials() -> tuple[str, str] | None:
+    """Basic-auth credentials from the environment, or None."""
+    user, password = os.environ.get(USER_ENV), os.environ.get(PASSWORD_ENV)
+    if user and password:
+        return user, password
+    if user or password:
+        raise ConfigError(f"set both ${USER_ENV} and ${PASSWORD_ENV} (only one is set)")
+    return None
+
+
+def defaults_yaml() -> str:
+    """The documented default configuration as YAML with each key's flag and meaning."""
+    lines = ["# ceindex configuration: every key, its default, and the CLI flag that overrides it."]
+    for f in fields(Settings):
+        if f.name in SECTIONS:
+            continue
+        lines.append(f"{f.name}: {yaml.safe_dump(f.default).splitlines()[0]}  # {f.metadata['flag']}: {f.metadata['help']}")
+    for name, cls in SECTIONS.items():
+        lines.append(f"{name}:")
+        for f in fields(cls):
+            flag, help_text = (f.metadata["flag"], f.metadata["help"]) if "flag" in f.metadata else ENCODER_FLAGS[f.name]
+            default = yaml.safe_dump(f.default).splitlines()[0]
+            lines.append(f"  {f.name}: {default}  # {flag}: {help_text}")
+    return "\n".join(lines) + "\n"

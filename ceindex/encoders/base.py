@@ -1,0 +1,66 @@
+"""The encoder interface shared by the indexer and the search pipeline."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EncoderDescription:
+    """What an index records about the encoder that made its vectors.
+
+    Two descriptions are *compatible* when every field that changes the vectors is equal;
+    batch size or device do not change vectors and are therefore not part of it.
+    """
+
+    kind: str  # "ce-layer" or "dual"
+    model: str  # hub id or local path as given
+    weights_sha256: str  # hash of the weight files actually loaded
+    dims: int
+    layer: int | None = None  # ce-layer only
+    input_mode: str | None = None  # "self-pair" | "single" (ce-layer only)
+    pooling: str = "mean"
+    max_length: int = 256
+    normalized: bool = True
+    dtype: str = "float32"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EncoderDescription":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def compatibility_key(self) -> dict[str, Any]:
+        """Fields that must match between the index and the query encoder."""
+        return {
+            "kind": self.kind,
+            "weights_sha256": self.weights_sha256,
+            "dims": self.dims,
+            "layer": self.layer,
+            "input_mode": self.input_mode,
+            "pooling": self.pooling,
+            "normalized": self.normalized,
+        }
+
+    def differences(self, other: "EncoderDescription") -> dict[str, tuple[Any, Any]]:
+        mine, theirs = self.compatibility_key(), other.compatibility_key()
+        return {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]}
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Turns texts into L2-normalised float32 vectors, in batches."""
+
+    @property
+    def dims(self) -> int: ...
+
+    def encode(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
+        """Return an array of shape (len(texts), dims), dtype float32, rows of unit length."""
+        ...
+
+    def describe(self) -> EncoderDescription: ...

@@ -1,0 +1,183 @@
+"""``ceindex build``: stream a corpus through an encoder into a backend, resumably.
+
+The corpus is read once, in order. Every ``encode_batch_docs`` records form one batch: its good documents are
+embedded while the previous batch is still being written, and once a batch is written the position reached in
+the corpus is committed with the backend. A rerun of the same command finds the unfinished build and skips the
+committed records (still validating them, so the summary and the rejects file cover the whole corpus).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ceindex.backends.base import Backend, BuildState, IndexSettings, new_physical_name
+from ceindex.config import BuildConfig
+from ceindex.data.corpus import Document, Rejected, read_documents
+from ceindex.encoders.base import Encoder
+from ceindex.errors import EncoderMismatchError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildSummary:
+    index: str
+    physical: str
+    read: int = 0
+    indexed: int = 0
+    rejected: int = 0
+    rejects_by_reason: dict[str, int] = field(default_factory=dict)
+    rejects_file: str | None = None
+    resumed_from: int = 0
+    seconds: float = 0.0
+    docs_per_s: float = 0.0
+    read_s: float = 0.0
+    encode_s: float = 0.0
+    write_s: float = 0.0
+    pruned: list[str] = field(default_factory=list)
+
+    @property
+    def count_ok(self) -> bool:
+        return self.indexed == self.read - self.rejected
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"count_ok": self.count_ok}
+
+
+def corpus_fingerprint(path: Path, build: BuildConfig) -> str:
+    """Identifies "the same corpus read the same way" for resuming, without reading the file twice."""
+    stat = path.stat()
+    key = [str(path.resolve()), stat.st_size, stat.st_mtime_ns, build.id_field, build.text_field, build.title_field]
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+
+
+def _reason_kind(reason: str) -> str:
+    return reason.split(":")[0].split(" (")[0]
+
+
+def _batches(records: Iterator[Document | Rejected], size: int, timer: list[float]) -> Iterator[list[Document | Rejected]]:
+    batch: list[Document | Rejected] = []
+    while True:
+        start = time.perf_counter()
+        record = next(records, None)
+        timer[0] += time.perf_counter() - start
+        if record is None:
+            break
+        batch.append(record)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def build_index(
+    backend: Backend,
+    encoder: Encoder,
+    corpus: Path,
+    alias: str,
+    build: BuildConfig,
+    *,
+    rejects_path: Path,
+    prune: bool = False,
+    progress: bool = True,
+) -> BuildSummary:
+    started = time.perf_counter()
+    description = encoder.describe()
+    current = backend.current_encoder(alias)
+    if current is not None and current.differences(description):
+        diffs = "; ".join(f"{k}: index has {a!r}, requested {b!r}" for k, (a, b) in current.differences(description).items())
+        raise EncoderMismatchError(
+            f"index '{alias}' was built with a different encoder ({diffs}); nothing was written. "
+            "Build under a new --index name, or use the encoder the index records."
+        )
+    settings = IndexSettings(build.knn_m, build.knn_ef_construction, build.shards, build.replicas)
+    fingerprint = corpus_fingerprint(corpus, build)
+    state = backend.find_resumable(alias, description, fingerprint)
+    if state is None:
+        state = BuildState(new_physical_name(alias), alias, description, fingerprint)
+        backend.create(state, settings)
+        logger.info("building %s into %s", alias, state.physical)
+    else:
+        logger.info("resuming %s: %d corpus records already committed", state.physical, state.committed)
+    summary = BuildSummary(index=alias, physical=state.physical, resumed_from=state.committed)
+    rejects: list[Rejected] = []
+    first_line: dict[str, int] = {}
+    read_timer = [0.0]
+    position = 0
+    records = read_documents(corpus, id_field=build.id_field, text_field=build.text_field, title_field=build.title_field)
+    bar = tqdm(desc=f"build {alias}", unit="doc", disable=not progress, initial=0)
+
+    def write(docs: list[Document], vectors: np.ndarray, end: int) -> tuple[list[Rejected], float]:
+        begin = time.perf_counter()
+        failed = backend.write(state, docs, vectors) if docs else []
+        state.committed = end
+        backend.commit(state)
+        return failed, time.perf_counter() - begin
+
+    pending: Future | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ceindex-write") as writer:
+        for batch in _batches(records, build.encode_batch_docs, read_timer):
+            good: list[Document] = []
+            for record in batch:
+                position += 1
+                if isinstance(record, Document) and record.id in first_line:
+                    record = Rejected(str(corpus), record.line, f"duplicate id (first seen on line {first_line[record.id]})", record.id)
+                if isinstance(record, Rejected):
+                    rejects.append(record)
+                    continue
+                first_line[record.id] = record.line
+                if position > state.committed:
+                    good.append(record)
+            summary.read = position
+            if position <= state.committed:
+                bar.update(len(batch))
+                continue
+            begin = time.perf_counter()
+            vectors = encoder.encode([d.body for d in good]) if good else np.zeros((0, description.dims), np.float32)
+            summary.encode_s += time.perf_counter() - begin
+            if pending is not None:
+                _collect(pending, rejects, summary)
+            pending = writer.submit(write, good, vectors, position)
+            bar.update(len(batch))
+            bar.set_postfix(rejected=len(rejects))
+        if pending is not None:
+            _collect(pending, rejects, summary)
+    bar.close()
+    summary.read_s = read_timer[0]
+    summary.indexed = backend.finish(state, settings)
+    summary.rejected = len(rejects)
+    for reject in rejects:
+        kind = _reason_kind(reject.reason)
+        summary.rejects_by_reason[kind] = summary.rejects_by_reason.get(kind, 0) + 1
+    if rejects:
+        rejects_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(rejects_path, "w", encoding="utf-8") as handle:
+            for reject in rejects:
+                handle.write(json.dumps(reject.to_dict(), ensure_ascii=False) + "\n")
+        summary.rejects_file = str(rejects_path)
+    if prune:
+        summary.pruned = backend.prune(alias)
+    summary.seconds = time.perf_counter() - started
+    summary.docs_per_s = (summary.indexed - 0) / summary.seconds if summary.seconds > 0 else 0.0
+    if not summary.count_ok:
+        logger.error(
+            "count check failed: index holds %d documents, expected read %d - rejected %d = %d",
+            summary.indexed, summary.read, summary.rejected, summary.read - summary.rejected,
+        )
+    return summary
+
+
+def _collect(pending: Future, rejects: list[Rejected], summary: BuildSummary) -> None:
+    failed, seconds = pending.result()
+    rejects.extend(failed)
+    summary.write_s += seconds
