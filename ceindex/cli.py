@@ -42,7 +42,7 @@ def cli(verbose: int, quiet: bool) -> None:
     if not verbose and not quiet:
         level = logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("opensearch", "urllib3", "httpx", "transformers", "sentence_transformers"):
+    for noisy in ("opensearch", "urllib3", "httpx", "transformers", "sentence_transformers", "bm25s"):
         logging.getLogger(noisy).setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
 
 

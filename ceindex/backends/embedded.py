@@ -155,7 +155,8 @@ class EmbeddedBackend(Backend):
         if db is None:
             folder = self._folder(state.physical)
             folder.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(folder / "docs.sqlite")
+            # Written from the build's writer thread, one batch at a time (never concurrently).
+            db = sqlite3.connect(folder / "docs.sqlite", check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
             self._writers[state.physical] = db

@@ -1,0 +1,52 @@
+"""Fusing ranked lists: reciprocal rank fusion and weighted min-max normalised sum.
+
+Pure functions over ``{doc_id: score}`` lists, so the client-side fusion is easy to test against hand-made
+numbers and against the server-side hybrid query.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from ceindex.backends.base import Hit
+from ceindex.errors import ConfigError
+
+FUSIONS = ("rrf", "minmax")
+
+
+def rrf(runs: Sequence[Sequence[Hit]], weights: Sequence[float], k: int = 60) -> dict[str, float]:
+    """score(d) = sum_i w_i / (k + rank_i(d)), over the runs that contain d."""
+    fused: dict[str, float] = {}
+    for hits, weight in zip(runs, weights):
+        for hit in hits:
+            fused[hit.id] = fused.get(hit.id, 0.0) + weight / (k + hit.rank)
+    return fused
+
+
+def minmax(runs: Sequence[Sequence[Hit]], weights: Sequence[float]) -> dict[str, float]:
+    """score(d) = sum_i w_i * (s_i(d) - min_i) / (max_i - min_i); a run with one score maps it to 1.
+
+    A document missing from a run gets 0 from it, as OpenSearch's normalization processor does.
+    """
+    fused: dict[str, float] = {}
+    for hits, weight in zip(runs, weights):
+        if not hits:
+            continue
+        scores = [h.score for h in hits]
+        low, high = min(scores), max(scores)
+        span = high - low
+        for hit in hits:
+            normalised = (hit.score - low) / span if span > 0 else 1.0
+            fused[hit.id] = fused.get(hit.id, 0.0) + weight * normalised
+    return fused
+
+
+def fuse(method: str, runs: Sequence[Sequence[Hit]], weights: Sequence[float], rrf_k: int = 60) -> list[Hit]:
+    """Fuse ``runs`` and return one ranked list (ties broken by document id for determinism)."""
+    if method == "rrf":
+        scores = rrf(runs, weights, rrf_k)
+    elif method == "minmax":
+        scores = minmax(runs, weights)
+    else:
+        raise ConfigError(f"fusion must be one of {', '.join(FUSIONS)}; got {method!r}")
+    ordered = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+    return [Hit(doc_id, score, rank) for rank, (doc_id, score) in enumerate(ordered, start=1)]

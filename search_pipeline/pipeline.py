@@ -1,0 +1,261 @@
+"""The search pipeline: hybrid recall (BM25 + k-NN), fusion, then cross-encoder re-ranking.
+
+The same object serves the Python API, ``ceindex search``, ``ceindex serve`` and ``ceindex eval``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ceindex.backends import Backend, Hit, open_backend
+from ceindex.config import SearchConfig, Settings, load_settings
+from ceindex.encoders import Encoder, encoder_config_from_description, load_encoder
+from ceindex.encoders.config import default_ce_model
+from ceindex.errors import ConfigError, EncoderMismatchError, InputError
+from search_pipeline.fusion import FUSIONS, fuse
+
+logger = logging.getLogger(__name__)
+
+MAX_K = 1000
+STAGES = ("encode", "bm25", "knn", "fusion", "fetch", "rerank")
+
+
+@dataclass
+class SearchHit:
+    id: str
+    title: str
+    text: str
+    rank: int
+    score: float  # the final score: re-rank score when re-ranked, else the fused score
+    bm25_score: float | None = None
+    bm25_rank: int | None = None
+    knn_score: float | None = None
+    knn_rank: int | None = None
+    fused_score: float | None = None
+    fused_rank: int | None = None
+    rerank_score: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SearchResult:
+    query: str
+    hits: list[SearchHit]
+    timings_ms: dict[str, float]  # per stage; for search_many, the batch's time divided by its size
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def validate_search_config(config: SearchConfig) -> None:
+    if not (config.bm25 or config.knn):
+        raise ConfigError("both BM25 and k-NN recall are switched off; enable at least one (--bm25 / --knn)")
+    if config.fusion not in FUSIONS:
+        raise ConfigError(f"search.fusion must be one of {', '.join(FUSIONS)}; got {config.fusion!r}")
+    for name in ("recall_n", "rrf_k", "rerank_top", "rerank_batch_size", "max_query_chars"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"search.{name} must be >= 1, got {getattr(config, name)}")
+    if config.recall_n > MAX_K:
+        raise ConfigError(f"search.recall_n must be <= {MAX_K}, got {config.recall_n}")
+    if config.bm25_weight < 0 or config.knn_weight < 0:
+        raise ConfigError("fusion weights must be >= 0")
+
+
+class SearchPipeline:
+    """``SearchPipeline.from_config("ceindex.yaml").search("query", k=10)``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        backend: Backend | None = None,
+        *,
+        query_encoder: Encoder | None = None,
+        reranker: Any | None = None,
+    ) -> None:
+        validate_search_config(settings.search)
+        self.settings = settings
+        self.config = settings.search
+        self.index = settings.index
+        self.backend = backend or open_backend(settings)
+        self.info = self.backend.info(self.index)
+        self._encoder = query_encoder
+        self._reranker = reranker
+        if self._encoder is not None:
+            self._check_encoder(self._encoder)
+
+    @classmethod
+    def from_config(cls, config: str | Path | Mapping[str, Any] | Settings, **overrides: Any) -> "SearchPipeline":
+        """Build from a YAML path, a dict shaped like the YAML file, or Settings."""
+        if isinstance(config, Settings):
+            settings = config
+        elif isinstance(config, Mapping):
+            settings = load_settings(data=config)
+        else:
+            settings = load_settings(config)
+        if overrides:
+            settings = replace(settings, search=replace(settings.search, **overrides))
+        return cls(settings)
+
+    def with_search(self, **changes: Any) -> "SearchPipeline":
+        """A pipeline sharing this one's backend and models with other search settings (e.g. for eval)."""
+        settings = replace(self.settings, search=replace(self.config, **changes))
+        return SearchPipeline(settings, self.backend, query_encoder=self._encoder, reranker=self._reranker)
+
+    # --- models, loaded on first use --------------------------------------------------------
+    @property
+    def query_encoder(self) -> Encoder:
+        if self._encoder is None:
+            config = encoder_config_from_description(
+                self.info.encoder, batch_size=self.settings.encoder.batch_size, device=self.settings.encoder.device
+            )
+            encoder = load_encoder(config)
+            self._check_encoder(encoder)
+            self._encoder = encoder
+        return self._encoder
+
+    def _check_encoder(self, encoder: Encoder) -> None:
+        diffs = self.info.encoder.differences(encoder.describe())
+        if diffs:
+            detail = "; ".join(f"{k}: index has {a!r}, query encoder has {b!r}" for k, (a, b) in diffs.items())
+            raise EncoderMismatchError(
+                f"the query encoder does not match the one index '{self.index}' was built with ({detail}); "
+                "queries must be embedded exactly as the documents were"
+            )
+
+    @property
+    def reranker(self) -> Any:
+        if self._reranker is None:
+            from search_pipeline.rerank import CrossEncoderReranker
+
+            model = self.config.rerank_model or (
+                self.info.encoder.model if self.info.encoder.kind == "ce-layer" else default_ce_model()
+            )
+            self._reranker = CrossEncoderReranker(
+                model,
+                batch_size=self.config.rerank_batch_size,
+                max_length=self.config.rerank_max_length,
+                dtype=self.config.rerank_dtype,
+                device=self.settings.encoder.device,
+            )
+        return self._reranker
+
+    # --- searching --------------------------------------------------------------------------
+    def _validate(self, queries: Sequence[Any], k: int) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise InputError(f"k must be an integer between 1 and {MAX_K}, got {k!r}")
+        for i, query in enumerate(queries):
+            if not isinstance(query, str) or not query.strip():
+                raise InputError(f"query {i} is empty or not a string")
+            if len(query) > self.config.max_query_chars:
+                raise InputError(
+                    f"query {i} has {len(query)} characters; the limit is {self.config.max_query_chars} (search.max_query_chars)"
+                )
+
+    def search(self, query: str, k: int = 10) -> SearchResult:
+        return self.search_many([query], k)[0]
+
+    def search_many(self, queries: Sequence[str], k: int = 10) -> list[SearchResult]:
+        self._validate(queries, k)
+        if not queries:
+            return []
+        cfg = self.config
+        n = max(cfg.recall_n, k)
+        timings = dict.fromkeys(STAGES, 0.0)
+
+        def timed(stage: str, fn: Any, *args: Any) -> Any:
+            begin = time.perf_counter()
+            result = fn(*args)
+            timings[stage] += (time.perf_counter() - begin) * 1000
+            return result
+
+        bm25_runs: list[list[Hit]] = [[] for _ in queries]
+        knn_runs: list[list[Hit]] = [[] for _ in queries]
+        if cfg.bm25:
+            bm25_runs = timed("bm25", self.backend.bm25, self.index, list(queries), n)
+        if cfg.knn:
+            vectors = timed("encode", self.query_encoder.encode, list(queries))
+            knn_runs = timed("knn", self.backend.knn, self.index, vectors, n, cfg.knn_ef_search)
+        fused_runs = timed("fusion", self._fuse_all, bm25_runs, knn_runs)
+        depth = max(k, cfg.rerank_top) if cfg.rerank else k
+        wanted = sorted({h.id for run in fused_runs for h in run[:depth]})
+        docs = timed("fetch", self.backend.fetch, self.index, wanted)
+        rerank_scores: list[dict[str, float]] = [{} for _ in queries]
+        if cfg.rerank:
+            rerank_scores = timed("rerank", self._rerank_all, queries, fused_runs, docs)
+        per_query = {stage: ms / len(queries) for stage, ms in timings.items()}
+        results = []
+        for query, bm25, knn, fused, reranked in zip(queries, bm25_runs, knn_runs, fused_runs, rerank_scores):
+            hits = self._assemble(fused, bm25, knn, reranked, docs, k)
+            results.append(SearchResult(query=query, hits=hits, timings_ms=dict(per_query)))
+        return results
+
+    def _fuse_all(self, bm25_runs: list[list[Hit]], knn_runs: list[list[Hit]]) -> list[list[Hit]]:
+        cfg = self.config
+        if cfg.bm25 and not cfg.knn:
+            return bm25_runs
+        if cfg.knn and not cfg.bm25:
+            return knn_runs
+        weights = (cfg.bm25_weight, cfg.knn_weight)
+        return [fuse(cfg.fusion, (b, v), weights, cfg.rrf_k) for b, v in zip(bm25_runs, knn_runs)]
+
+    def _rerank_all(
+        self, queries: Sequence[str], fused_runs: list[list[Hit]], docs: Mapping[str, Any]
+    ) -> list[dict[str, float]]:
+        pairs: list[tuple[str, str]] = []
+        owners: list[tuple[int, str]] = []
+        for qi, (query, run) in enumerate(zip(queries, fused_runs)):
+            for hit in run[: self.config.rerank_top]:
+                if hit.id in docs:
+                    pairs.append((query, docs[hit.id].body))
+                    owners.append((qi, hit.id))
+        scores = self.reranker.score(pairs)
+        out: list[dict[str, float]] = [{} for _ in queries]
+        for (qi, doc_id), score in zip(owners, np.asarray(scores, dtype=float)):
+            out[qi][doc_id] = float(score)
+        return out
+
+    def _assemble(
+        self,
+        fused: list[Hit],
+        bm25: list[Hit],
+        knn: list[Hit],
+        reranked: dict[str, float],
+        docs: Mapping[str, Any],
+        k: int,
+    ) -> list[SearchHit]:
+        bm25_by_id = {h.id: h for h in bm25}
+        knn_by_id = {h.id: h for h in knn}
+        fused_by_id = {h.id: h for h in fused}
+        # Re-ranked candidates first (by re-rank score), then the rest in fused order.
+        head = sorted(reranked, key=lambda d: (-reranked[d], fused_by_id[d].rank))
+        tail = [h.id for h in fused if h.id not in reranked]
+        hits = []
+        for rank, doc_id in enumerate((head + tail)[:k], start=1):
+            doc = docs.get(doc_id)
+            b, v, f = bm25_by_id.get(doc_id), knn_by_id.get(doc_id), fused_by_id[doc_id]
+            hits.append(
+                SearchHit(
+                    id=doc_id,
+                    title=doc.title if doc else "",
+                    text=doc.text if doc else "",
+                    rank=rank,
+                    score=reranked.get(doc_id, f.score),
+                    bm25_score=b.score if b else None,
+                    bm25_rank=b.rank if b else None,
+                    knn_score=v.score if v else None,
+                    knn_rank=v.rank if v else None,
+                    fused_score=f.score,
+                    fused_rank=f.rank,
+                    rerank_score=reranked.get(doc_id),
+                    metadata=doc.metadata if doc else {},
+                )
+            )
+        return hits
+
+    def close(self) -> None:
+        self.backend.close()

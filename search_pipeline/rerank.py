@@ -1,0 +1,53 @@
+"""Re-ranking with the full cross-encoder: one relevance logit per (query, document) pair."""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ceindex.encoders._runtime import length_sorted_batches, load_pretrained, prepare_model, resolve_device
+
+logger = logging.getLogger(__name__)
+
+
+class CrossEncoderReranker:
+    """Scores pairs with ``AutoModelForSequenceClassification`` (higher = more relevant)."""
+
+    def __init__(
+        self, model: str, *, batch_size: int = 32, max_length: int = 256, dtype: str = "float32", device: str = "auto"
+    ) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.model_ref = model
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.device = resolve_device(device)
+        self.tokenizer = load_pretrained(model, "ce-layer", AutoTokenizer.from_pretrained, "cross-encoder tokenizer")
+        loaded = load_pretrained(
+            model, "ce-layer", AutoModelForSequenceClassification.from_pretrained, "cross-encoder"
+        )
+        self.model = prepare_model(loaded, dtype, self.device)
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """Relevance scores in input order; pairs are batched by length for speed."""
+        if not pairs:
+            return np.zeros(0, dtype=np.float32)
+        lengths = [len(q) + len(d) for q, d in pairs]
+        out = np.zeros(len(pairs), dtype=np.float32)
+        with torch.inference_mode():
+            for batch in length_sorted_batches(lengths, self.batch_size):
+                encoded = self.tokenizer(
+                    [pairs[i][0] for i in batch],
+                    [pairs[i][1] for i in batch],
+                    padding=True,
+                    truncation="longest_first",
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                ).to(self.device)
+                logits = self.model(**encoded).logits
+                # one logit: relevance; two (not relevant, relevant): their difference ranks like the softmax
+                column = logits[:, 0] if logits.shape[-1] == 1 else logits[:, -1] - logits[:, 0]
+                out[batch] = column.float().cpu().numpy()
+        return out
