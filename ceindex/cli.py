@@ -49,10 +49,12 @@ def cli(verbose: int, quiet: bool) -> None:
 def _register() -> None:
     from ceindex.commands.build import build_command
     from ceindex.commands.config import config_command
+    from ceindex.commands.search import search_command
     from ceindex.commands.stubs import STUBS
 
     cli.add_command(build_command, name="build")
     cli.add_command(config_command, name="config")
+    cli.add_command(search_command, name="search")
     try:
         from ceindex.commands.layers import layers_command
 

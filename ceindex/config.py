@@ -118,6 +118,8 @@ def _to_dict(obj: Any) -> Any:
 def _build_section(cls: type, name: str, values: Mapping[str, Any], source: str) -> Any:
     if not isinstance(values, Mapping):
         raise ConfigError(f"{source}: section '{name}' must be a mapping, got {type(values).__name__}")
+    if name == "opensearch" and any(k in values for k in ("user", "password")):
+        raise ConfigError(f"{source}: secrets are read only from ${USER_ENV} / ${PASSWORD_ENV}, not the file")
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -125,8 +127,6 @@ def _build_section(cls: type, name: str, values: Mapping[str, Any], source: str)
             f"{source}: unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)}; "
             f"known keys in '{name}': {', '.join(sorted(known))}"
         )
-    if name == "opensearch" and any(k in values for k in ("user", "password")):
-        raise ConfigError(f"{source}: secrets are read only from ${USER_ENV} / ${PASSWORD_ENV}, not the file")
     checked = {k: _coerce(known[k], v, f"{source}: {name}.{k}") for k, v in values.items()}
     return cls(**checked)
 

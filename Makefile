@@ -1,0 +1,33 @@
+# Two commands for newcomers: `make demo` (end to end on the embedded backend) and `make test`
+# (the whole suite, including integration tests against a real OpenSearch 2.19 node built from Maven Central).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ceindex-installed
+
+.PHONY: demo test unit integration node bench-encode clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m ceindex.demo
+
+test: $(STAMP)
+	$(PY) -m pytest tests -v
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit
+
+integration: $(STAMP)
+	$(PY) -m pytest tests/integration -v
+
+# Start the same OpenSearch node the tests use, by hand, on http://127.0.0.1:9200 (Ctrl-C stops it).
+node: $(STAMP)
+	$(PY) -m ceindex.testing.opensearch_node --port 9200
+
+clean:
+	rm -rf $(VENV) docker/opensearch-node/target

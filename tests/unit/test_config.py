@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ceindex.config import apply_overrides, defaults_yaml, load_settings, opensearch_credentials
+from ceindex.encoders.config import EncoderConfig, parse_encoder_spec
+from ceindex.errors import ConfigError
+
+
+def test_defaults_yaml_round_trips_to_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(defaults_yaml())
+    settings = load_settings(path)
+    assert settings == load_settings(data={})
+    assert settings.search.rrf_k == 60 and settings.search.recall_n == 100 and settings.search.rerank_top == 50
+
+
+def test_every_key_documents_a_flag() -> None:
+    for line in defaults_yaml().splitlines()[1:]:
+        if line.rstrip().endswith(":"):
+            continue
+        assert "# --" in line, line
+
+
+def test_unknown_key_names_section_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"search": {"rrf_kk": 3}}))
+    with pytest.raises(ConfigError, match=r"search\.rrf_kk"):
+        load_settings(path)
+
+
+def test_wrong_type_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"search\.recall_n must be int"):
+        load_settings(data={"search": {"recall_n": "many"}})
+
+
+def test_secrets_are_refused_in_the_file() -> None:
+    with pytest.raises(ConfigError, match="CEINDEX_OPENSEARCH_USER"):
+        load_settings(data={"opensearch": {"password": "x"}})
+
+
+def test_credentials_need_both_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CEINDEX_OPENSEARCH_PASSWORD", raising=False)
+    monkeypatch.setenv("CEINDEX_OPENSEARCH_USER", "admin")
+    with pytest.raises(ConfigError, match="only one is set"):
+        opensearch_credentials()
+    monkeypatch.setenv("CEINDEX_OPENSEARCH_PASSWORD", "pw")
+    assert opensearch_credentials() == ("admin", "pw")
+
+
+def test_overrides_apply_by_dotted_key() -> None:
+    settings = apply_overrides(load_settings(data={"index": "a"}), {"index": "b", "encoder.layer": 3, "search.fusion": None})
+    assert settings.index == "b" and settings.encoder.layer == 3 and settings.search.fusion == "rrf"
+
+
+def test_encoder_spec_parsing() -> None:
+    config = parse_encoder_spec("ce:/models/x,layer=2,pooling=cls,input=single")
+    assert config == EncoderConfig(kind="ce-layer", model="/models/x", layer=2, pooling="cls", input_mode="single")
+    assert parse_encoder_spec("de").kind == "dual"
+    with pytest.raises(ConfigError, match="kind 'xx'"):
+        parse_encoder_spec("xx:model")
+    with pytest.raises(ConfigError, match="layer must be an integer"):
+        parse_encoder_spec("ce,layer=two")
+    with pytest.raises(ConfigError, match="pooling must be one of"):
+        parse_encoder_spec("ce,pooling=max")
+
+
+def test_home_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CEINDEX_HOME", str(tmp_path))
+    assert load_settings(data={}).home_path == tmp_path

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import pytest
+
+from ceindex.backends.base import Hit
+from search_pipeline.fusion import fuse, minmax, rrf
+
+
+def _run(*pairs):
+    return [Hit(doc, score, rank) for rank, (doc, score) in enumerate(pairs, start=1)]
+
+
+BM25 = _run(("a", 12.0), ("b", 9.0), ("c", 3.0))
+KNN = _run(("c", 0.9), ("d", 0.8), ("a", 0.5))
+
+
+def test_rrf_matches_hand_computation() -> None:
+    scores = rrf([BM25, KNN], [1.0, 1.0], k=60)
+    assert scores["a"] == pytest.approx(1 / 61 + 1 / 63)
+    assert scores["c"] == pytest.approx(1 / 63 + 1 / 61)
+    assert scores["b"] == pytest.approx(1 / 62)
+    assert scores["d"] == pytest.approx(1 / 62)
+    weighted = rrf([BM25, KNN], [2.0, 0.5], k=10)
+    assert weighted["a"] == pytest.approx(2 / 11 + 0.5 / 13)
+
+
+def test_minmax_matches_hand_computation() -> None:
+    scores = minmax([BM25, KNN], [1.0, 1.0])
+    assert scores["a"] == pytest.approx(1.0 + 0.0)
+    assert scores["b"] == pytest.approx(6 / 9)
+    assert scores["c"] == pytest.approx(0.0 + 1.0)
+    assert scores["d"] == pytest.approx(0.3 / 0.4)
+    assert minmax([_run(("x", 5.0))], [1.0]) == {"x": 1.0}
+
+
+def test_fuse_orders_and_breaks_ties_by_id() -> None:
+    fused = fuse("rrf", [BM25, KNN], [1.0, 1.0], 60)
+    assert [h.id for h in fused] == ["a", "c", "b", "d"]
+    assert [h.rank for h in fused] == [1, 2, 3, 4]
+    assert [h.id for h in fuse("minmax", [BM25, KNN], [1.0, 1.0])] == ["a", "c", "d", "b"]
