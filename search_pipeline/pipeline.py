@@ -206,18 +206,11 @@ class SearchPipeline:
     def _rerank_all(
         self, queries: Sequence[str], fused_runs: list[list[Hit]], docs: Mapping[str, Any]
     ) -> list[dict[str, float]]:
-        pairs: list[tuple[str, str]] = []
-        owners: list[tuple[int, str]] = []
-        for qi, (query, run) in enumerate(zip(queries, fused_runs)):
-            for hit in run[: self.config.rerank_top]:
-                if hit.id in docs:
-                    pairs.append((query, docs[hit.id].body))
-                    owners.append((qi, hit.id))
-        scores = self.reranker.score(pairs)
-        out: list[dict[str, float]] = [{} for _ in queries]
-        for (qi, doc_id), score in zip(owners, np.asarray(scores, dtype=float)):
-            out[qi][doc_id] = float(score)
-        return out
+        from search_pipeline.rerank import rerank_candidates
+
+        texts = {doc_id: doc.body for doc_id, doc in docs.items()}
+        candidates = [[h.id for h in run] for run in fused_runs]
+        return rerank_candidates(self.reranker, queries, candidates, texts, self.config.rerank_top)
 
     def _assemble(
         self,
@@ -231,11 +224,10 @@ class SearchPipeline:
         bm25_by_id = {h.id: h for h in bm25}
         knn_by_id = {h.id: h for h in knn}
         fused_by_id = {h.id: h for h in fused}
-        # Re-ranked candidates first (by re-rank score), then the rest in fused order.
-        head = sorted(reranked, key=lambda d: (-reranked[d], fused_by_id[d].rank))
-        tail = [h.id for h in fused if h.id not in reranked]
+        from search_pipeline.rerank import reranked_order
+
         hits = []
-        for rank, doc_id in enumerate((head + tail)[:k], start=1):
+        for rank, doc_id in enumerate(reranked_order([h.id for h in fused], reranked)[:k], start=1):
             doc = docs.get(doc_id)
             b, v, f = bm25_by_id.get(doc_id), knn_by_id.get(doc_id), fused_by_id[doc_id]
             hits.append(

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -51,3 +51,35 @@ class CrossEncoderReranker:
                 column = logits[:, 0] if logits.shape[-1] == 1 else logits[:, -1] - logits[:, 0]
                 out[batch] = column.float().cpu().numpy()
         return out
+
+
+def rerank_candidates(
+    reranker: CrossEncoderReranker,
+    queries: Sequence[str],
+    candidates: Sequence[Sequence[str]],
+    texts: Mapping[str, str],
+    top: int,
+) -> list[dict[str, float]]:
+    """Re-rank scores of the first ``top`` candidate ids of each query (ids without text are skipped).
+
+    All queries' pairs go through the model together, so batches stay full.
+    """
+    pairs: list[tuple[str, str]] = []
+    owners: list[tuple[int, str]] = []
+    for qi, (query, ids) in enumerate(zip(queries, candidates)):
+        for doc_id in list(ids)[:top]:
+            if doc_id in texts:
+                pairs.append((query, texts[doc_id]))
+                owners.append((qi, doc_id))
+    scores = reranker.score(pairs)
+    out: list[dict[str, float]] = [{} for _ in queries]
+    for (qi, doc_id), score in zip(owners, scores.tolist()):
+        out[qi][doc_id] = float(score)
+    return out
+
+
+def reranked_order(candidate_ids: Sequence[str], scores: Mapping[str, float]) -> list[str]:
+    """Re-ranked candidates first (by re-rank score, ties by candidate order), then the rest in candidate order."""
+    position = {doc_id: i for i, doc_id in enumerate(candidate_ids)}
+    head = sorted(scores, key=lambda d: (-scores[d], position.get(d, len(position))))
+    return head + [d for d in candidate_ids if d not in scores]

@@ -36,6 +36,7 @@ from ceindex.encoders.base import EncoderDescription
 from ceindex.errors import BackendError
 
 logger = logging.getLogger(__name__)
+logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG otherwise
 
 BM25_K1, BM25_B = 1.2, 0.75
 _SCHEMA = """

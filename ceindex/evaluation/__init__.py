@@ -1,0 +1,1 @@
+"""``ceindex eval``: run systems through the search pipeline and score them with ranx."""

@@ -1,0 +1,165 @@
+"""The evaluation driver behind ``ceindex eval`` (and the demo): systems, extra runs, re-rank-only, tuning."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ceindex.config import Settings
+from ceindex.errors import BackendError, ConfigError, InputError
+from ceindex.evaluation.report import EvalReport, package_versions, score_runs, write_report
+from ceindex.evaluation.runner import SystemRun, rerank_only, run_system
+from ceindex.evaluation.systems import System, parse_systems
+from ceindex.evaluation.topics import Topics, load_topics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalRequest:
+    data_dir: Path | None = None
+    split: str = "test"
+    queries_file: Path | None = None
+    qrels_file: Path | None = None
+    systems: str = ""
+    baseline: str | None = None
+    extra_runs: list[Path] = field(default_factory=list)
+    candidates: Path | None = None
+    tune_split: str | None = None
+    depth: int = 100
+    query_batch: int = 1
+    progress: bool = True
+    command: str = ""
+
+
+def _read_trec_run(path: Path) -> dict[str, dict[str, float]]:
+    from ranx import Run
+
+    try:
+        return Run.from_file(str(path), kind="trec").to_dict()
+    except Exception as exc:  # noqa: BLE001 - ranx raises bare errors on malformed lines
+        raise InputError(f"{path}: not a TREC run file (qid Q0 docid rank score tag): {exc}") from None
+
+
+def _candidate_texts(pipeline: Any, data_dir: Path | None, wanted: set[str]) -> dict[str, str]:
+    if pipeline is not None:
+        return {doc_id: doc.body for doc_id, doc in pipeline.backend.fetch(pipeline.index, sorted(wanted)).items()}
+    if data_dir is None:
+        raise InputError("re-rank-only mode needs document texts: give --index of a built index or --data with corpus.jsonl")
+    from ceindex.data.corpus import Document, corpus_path, read_documents
+
+    return {
+        record.id: record.body
+        for record in read_documents(corpus_path(data_dir, None))
+        if isinstance(record, Document) and record.id in wanted
+    }
+
+
+def _tuned_weights(pipeline: Any, request: EvalRequest) -> tuple[float, float]:
+    from ranx import Qrels, Run, optimize_fusion
+
+    if request.data_dir is None:
+        raise ConfigError("--tune-fusion-on needs --data (a BEIR folder with that split)")
+    train = load_topics(request.data_dir, request.tune_split or "train")
+    runs = [
+        run_system(pipeline, system, train.queries, depth=request.depth, batch_size=max(8, request.query_batch),
+                   progress=request.progress)
+        for system in parse_systems("bm25,knn")
+    ]
+    # Fusion is tuned on raw scores, so re-run with true scores rather than rank-derived ones.
+    best = optimize_fusion(
+        Qrels(train.qrels),
+        [Run(_fill(r.run, train.qrels), name=r.name) for r in runs],
+        norm="min-max",
+        method="wsum",
+        metric="ndcg@10",
+        show_progress=False,
+    )
+    weights = tuple(float(w) for w in best["weights"])
+    logger.info("fusion weights tuned on %s: bm25 %.2f, knn %.2f", request.tune_split, *weights)
+    return weights  # type: ignore[return-value]
+
+
+def _fill(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -> dict[str, dict[str, float]]:
+    return {qid: run.get(qid) or {"__no_result__": 0.0} for qid in qrels}
+
+
+def evaluate(settings: Settings, request: EvalRequest, out_dir: Path | None) -> tuple[EvalReport, dict[str, str]]:
+    from search_pipeline import SearchPipeline
+
+    topics: Topics = load_topics(
+        request.data_dir, request.split, queries_file=request.queries_file, qrels_file=request.qrels_file
+    )
+    systems: list[System] = parse_systems(request.systems) if request.systems.strip() else []
+    if not systems and request.candidates is None and not request.extra_runs:
+        raise ConfigError("nothing to evaluate: give --systems, --candidates or --runs")
+    pipeline = None
+    if systems or request.candidates is not None:
+        try:
+            pipeline = SearchPipeline(settings)
+        except BackendError:
+            if systems:
+                raise
+            logger.info("no index '%s': re-ranking with texts from the corpus file", settings.index)
+    runs: list[SystemRun] = []
+    try:
+        if request.tune_split:
+            weights = _tuned_weights(pipeline, request)
+            systems.append(System("hybrid-minmax-tuned", {"bm25": True, "knn": True, "fusion": "minmax", "rerank": False,
+                                                          "bm25_weight": weights[0], "knn_weight": weights[1]}))
+        for system in systems:
+            runs.append(run_system(pipeline, system, topics.queries, depth=request.depth,  # type: ignore[arg-type]
+                                   batch_size=request.query_batch, progress=request.progress))
+        if request.candidates is not None:
+            from search_pipeline.rerank import CrossEncoderReranker
+            from ceindex.evaluation.runner import ranked_scores
+
+            candidate_run = _read_trec_run(request.candidates)
+            ordered = {q: [d for d, _ in sorted(docs.items(), key=lambda x: -x[1])] for q, docs in candidate_run.items()}
+            runs.append(SystemRun("candidates", {q: ranked_scores(ids[: request.depth]) for q, ids in ordered.items()}))
+            top = settings.search.rerank_top if request.depth >= settings.search.rerank_top else request.depth
+            wanted = {d for q in topics.queries for d in ordered.get(q, [])[:top]}
+            texts = _candidate_texts(pipeline, request.data_dir, wanted)
+            reranker = pipeline.reranker if pipeline is not None else CrossEncoderReranker(
+                settings.search.rerank_model or _default_ce(),
+                batch_size=settings.search.rerank_batch_size, max_length=settings.search.rerank_max_length,
+                dtype=settings.search.rerank_dtype)
+            runs.append(rerank_only(reranker, "candidates+rerank", topics.queries, ordered, texts,
+                                    top=top, depth=request.depth, progress=request.progress))
+        for path in request.extra_runs:
+            runs.append(SystemRun(path.stem, _read_trec_run(path)))
+    finally:
+        if pipeline is not None:
+            pipeline.close()
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"two runs share a name: {names}; rename an external run file")
+    baseline = request.baseline or names[0]
+    if baseline not in names:
+        raise ConfigError(f"--baseline {baseline!r} is not one of: {', '.join(names)}")
+    provenance = {
+        "command": request.command,
+        "data": topics.source,
+        "split": request.split,
+        "queries_sha256": topics.queries_sha256,
+        "qrels_sha256": topics.qrels_sha256,
+        "unjudged_query_ids": topics.unjudged[:50],
+        "index": settings.index if pipeline is not None else None,
+        "backend": settings.opensearch.url or ("embedded" if pipeline is not None else None),
+        "encoder": pipeline.info.encoder.to_dict() if pipeline is not None else None,
+        "settings": settings.to_dict(),
+        "versions": package_versions(),
+    }
+    report = score_runs(topics.qrels, runs, baseline=baseline, unjudged=len(topics.unjudged), provenance=provenance)
+    paths = write_report(report, runs, out_dir) if out_dir is not None else {}
+    return report, paths
+
+
+def _default_ce() -> str:
+    from ceindex.encoders.config import default_ce_model
+
+    return default_ce_model()
+
+
+__all__ = ["EvalRequest", "evaluate", "replace"]
