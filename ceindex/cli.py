@@ -50,12 +50,14 @@ def _register() -> None:
     from ceindex.commands.build import build_command
     from ceindex.commands.config import config_command
     from ceindex.commands.search import search_command
+    from ceindex.commands.serve import serve_command
     from ceindex.commands.eval import eval_command
     from ceindex.commands.stubs import STUBS
 
     cli.add_command(build_command, name="build")
     cli.add_command(config_command, name="config")
     cli.add_command(search_command, name="search")
+    cli.add_command(serve_command, name="serve")
     cli.add_command(eval_command, name="eval")
     try:
         from ceindex.commands.layers import layers_command
