@@ -1,0 +1,38 @@
+"""Shared helpers for the benchmark scripts: paths to ../shared, a Markdown table, JSON output."""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SCIFACT = SHARED / "data" / "scifact"
+DL19 = SHARED / "data" / "trec-dl19"
+FIXTURE_CE = SHARED / "models" / "ce-minilm-l6-scifact"
+RESULTS = REPO / "bench" / "results"
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        sys.exit(f"benchmark needs {path} (the shared data/models folder beside the repo); it is absent")
+    return path
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(value: Any) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_json(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    payload = {"machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()}} | payload
+    path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    return path
