@@ -11,6 +11,7 @@ from ceindex.backends.base import Hit
 from ceindex.errors import ConfigError
 
 FUSIONS = ("rrf", "minmax")
+MINMAX_FLOOR = 0.001  # OpenSearch min-max normalisation maps the minimum here, not to 0
 
 
 def rrf(runs: Sequence[Sequence[Hit]], weights: Sequence[float], k: int = 60) -> dict[str, float]:
@@ -23,10 +24,15 @@ def rrf(runs: Sequence[Sequence[Hit]], weights: Sequence[float], k: int = 60) ->
 
 
 def minmax(runs: Sequence[Sequence[Hit]], weights: Sequence[float]) -> dict[str, float]:
-    """score(d) = sum_i w_i * (s_i(d) - min_i) / (max_i - min_i); a run with one score maps it to 1.
+    """Weighted mean of min-max normalised scores, exactly as OpenSearch's normalization processor does it.
 
-    A document missing from a run gets 0 from it, as OpenSearch's normalization processor does.
+    Per run, ``(s - min) / (max - min)``, with the minimum mapped to 0.001 rather than 0 and a run whose
+    scores are all equal mapped to 1; a document missing from a run gets 0 from it; the combination is
+    ``sum_i w_i * n_i(d) / sum_i w_i``. Mirroring the server keeps both fusion paths' rankings identical.
     """
+    total = float(sum(weights))
+    if total <= 0:
+        raise ConfigError("min-max fusion needs at least one positive weight")
     fused: dict[str, float] = {}
     for hits, weight in zip(runs, weights):
         if not hits:
@@ -36,7 +42,7 @@ def minmax(runs: Sequence[Sequence[Hit]], weights: Sequence[float]) -> dict[str,
         span = high - low
         for hit in hits:
             normalised = (hit.score - low) / span if span > 0 else 1.0
-            fused[hit.id] = fused.get(hit.id, 0.0) + weight * normalised
+            fused[hit.id] = fused.get(hit.id, 0.0) + weight * (normalised or MINMAX_FLOOR) / total
     return fused
 
 

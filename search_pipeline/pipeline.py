@@ -62,6 +62,8 @@ def validate_search_config(config: SearchConfig) -> None:
             raise ConfigError(f"search.{name} must be >= 1, got {getattr(config, name)}")
     if config.recall_n > MAX_K:
         raise ConfigError(f"search.recall_n must be <= {MAX_K}, got {config.recall_n}")
+    if config.server_fusion not in ("auto", "on", "off"):
+        raise ConfigError(f"search.server_fusion must be auto, on or off; got {config.server_fusion!r}")
     if config.bm25_weight < 0 or config.knn_weight < 0:
         raise ConfigError("fusion weights must be >= 0")
 
@@ -85,6 +87,7 @@ class SearchPipeline:
         self.info = self.backend.info(self.index)
         self._encoder = query_encoder
         self._reranker = reranker
+        self._server_fusion: bool | None = None
         if self._encoder is not None:
             self._check_encoder(self._encoder)
 
@@ -105,6 +108,21 @@ class SearchPipeline:
         """A pipeline sharing this one's backend and models with other search settings (e.g. for eval)."""
         settings = replace(self.settings, search=replace(self.config, **changes))
         return SearchPipeline(settings, self.backend, query_encoder=self._encoder, reranker=self._reranker)
+
+    @property
+    def uses_server_fusion(self) -> bool:
+        """Whether BM25 + k-NN are fused inside the backend (OpenSearch hybrid query with its search pipeline)."""
+        cfg = self.config
+        if self._server_fusion is None:
+            wanted = cfg.server_fusion != "off" and cfg.bm25 and cfg.knn
+            able = wanted and self.backend.server_fusion(cfg.fusion, (cfg.bm25_weight, cfg.knn_weight), cfg.rrf_k)
+            if cfg.server_fusion == "on" and cfg.bm25 and cfg.knn and not able:
+                raise ConfigError(
+                    f"server_fusion is 'on' but this backend cannot fuse '{cfg.fusion}' server-side (it needs OpenSearch "
+                    "with the neural-search plugin; RRF there takes no weights); use --server-fusion auto or off"
+                )
+            self._server_fusion = bool(able)
+        return self._server_fusion
 
     # --- models, loaded on first use --------------------------------------------------------
     @property
@@ -175,12 +193,18 @@ class SearchPipeline:
 
         bm25_runs: list[list[Hit]] = [[] for _ in queries]
         knn_runs: list[list[Hit]] = [[] for _ in queries]
-        if cfg.bm25:
-            bm25_runs = timed("bm25", self.backend.bm25, self.index, list(queries), n)
-        if cfg.knn:
+        if self.uses_server_fusion:
+            # One request per query does recall and fusion inside OpenSearch (timed as "fusion").
             vectors = timed("encode", self.query_encoder.encode, list(queries))
-            knn_runs = timed("knn", self.backend.knn, self.index, vectors, n, cfg.knn_ef_search)
-        fused_runs = timed("fusion", self._fuse_all, bm25_runs, knn_runs)
+            fused_runs = timed("fusion", self.backend.hybrid, self.index, list(queries), vectors, n, cfg.fusion,
+                               (cfg.bm25_weight, cfg.knn_weight), cfg.rrf_k, cfg.knn_ef_search)
+        else:
+            if cfg.bm25:
+                bm25_runs = timed("bm25", self.backend.bm25, self.index, list(queries), n)
+            if cfg.knn:
+                vectors = timed("encode", self.query_encoder.encode, list(queries))
+                knn_runs = timed("knn", self.backend.knn, self.index, vectors, n, cfg.knn_ef_search)
+            fused_runs = timed("fusion", self._fuse_all, bm25_runs, knn_runs)
         depth = max(k, cfg.rerank_top) if cfg.rerank else k
         wanted = sorted({h.id for run in fused_runs for h in run[:depth]})
         docs = timed("fetch", self.backend.fetch, self.index, wanted)

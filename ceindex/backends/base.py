@@ -131,5 +131,16 @@ class Backend(ABC):
     def fetch(self, name: str, ids: Sequence[str]) -> dict[str, Document]:
         """Stored documents by id (missing ids are absent from the result)."""
 
+    def server_fusion(self, method: str, weights: Sequence[float], rrf_k: int) -> bool:
+        """Whether ``hybrid`` can fuse with ``method`` on the server (OpenSearch with neural-search)."""
+        return False
+
+    def hybrid(
+        self, name: str, queries: Sequence[str], vectors: np.ndarray, n: int, method: str,
+        weights: Sequence[float], rrf_k: int, ef_search: int = 100,
+    ) -> list[list[Hit]]:
+        """BM25 + k-NN recall fused on the server; only where ``server_fusion`` says so."""
+        raise NotImplementedError(f"{type(self).__name__} has no server-side fusion")
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections or files."""

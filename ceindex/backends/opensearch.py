@@ -77,6 +77,8 @@ class OpenSearchBackend(Backend):
         self.chunk_bytes = chunk_bytes
         self.url = config.url or ""
         self.client = client or make_client(config)
+        self._neural_search: bool | None = None
+        self._pipelines: set[str] = set()
 
     def _call(self, action: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         from opensearchpy import exceptions as osx
@@ -282,6 +284,73 @@ class OpenSearchBackend(Backend):
         results = self._msearch(name, bodies, "k-NN search")
         # Lucene cosinesimil scores are (1 + cos) / 2; report cosine like the embedded backend.
         return [[Hit(h.id, 2.0 * h.score - 1.0, h.rank) for h in hits] for hits in results]
+
+    # --- server-side hybrid fusion (neural-search plugin) ------------------------------------
+    def _has_neural_search(self) -> bool:
+        if self._neural_search is None:
+            plugins = self._call("listing plugins", self.client.cat.plugins, format="json")
+            self._neural_search = any(p.get("component") == "opensearch-neural-search" for p in plugins)
+        return self._neural_search
+
+    def server_fusion(self, method: str, weights: Sequence[float], rrf_k: int) -> bool:
+        if method == "rrf" and any(w != 1.0 for w in weights):
+            return False  # the 2.19 score-ranker processor has no per-query weights
+        return method in ("rrf", "minmax") and self._has_neural_search()
+
+    def _search_pipeline(self, method: str, weights: Sequence[float], rrf_k: int) -> str:
+        """Create (once) and verify the search pipeline a hybrid query must run through."""
+        if method == "minmax":
+            # OpenSearch wants weights summing to 1; scaling all weights does not change the ranking.
+            total = float(sum(weights)) or 1.0
+            weights = [round(w / total, 6) for w in weights]
+            pipeline_id = "ceindex-minmax-" + "-".join(f"{w:g}" for w in weights)
+            body: dict[str, Any] = {"description": "ceindex: min-max normalised weighted sum", "phase_results_processors": [
+                {"normalization-processor": {
+                    "normalization": {"technique": "min_max"},
+                    "combination": {"technique": "arithmetic_mean", "parameters": {"weights": [float(w) for w in weights]}},
+                }}]}
+        else:
+            pipeline_id = f"ceindex-rrf-{rrf_k}"
+            body = {"description": "ceindex: reciprocal rank fusion", "phase_results_processors": [
+                {"score-ranker-processor": {"combination": {"technique": "rrf", "rank_constant": rrf_k}}}]}
+        if pipeline_id in self._pipelines:
+            return pipeline_id
+        transport = self.client.transport
+        self._call(f"creating search pipeline {pipeline_id}", transport.perform_request,
+                   "PUT", f"/_search/pipeline/{pipeline_id}", body=body)
+        stored = self._call(f"checking search pipeline {pipeline_id}", transport.perform_request,
+                            "GET", f"/_search/pipeline/{pipeline_id}")
+        processors = stored.get(pipeline_id, {}).get("phase_results_processors", [])
+        if processors != body["phase_results_processors"]:
+            raise BackendError(
+                f"search pipeline {pipeline_id} on {self.url} does not hold the expected processors; refusing to run a "
+                "hybrid query without it (scores would be unnormalised)"
+            )
+        self._pipelines.add(pipeline_id)
+        return pipeline_id
+
+    def hybrid(
+        self, name: str, queries: Sequence[str], vectors: np.ndarray, n: int, method: str,
+        weights: Sequence[float], rrf_k: int, ef_search: int = 100,
+    ) -> list[list[Hit]]:
+        if not self.server_fusion(method, weights, rrf_k):
+            raise BackendError(f"OpenSearch at {self.url} cannot fuse '{method}' server-side (neural-search plugin missing)")
+        pipeline_id = self._search_pipeline(method, weights, rrf_k)
+        results = []
+        for query, vector in zip(queries, np.atleast_2d(vectors)):
+            body = {
+                "size": n,
+                "_source": False,
+                "query": {"hybrid": {"queries": [
+                    {"match": {"body": query}},
+                    {"knn": {"vector": {"vector": [float(x) for x in vector], "k": max(n, ef_search)}}},
+                ]}},
+            }
+            response = self._call("hybrid search", self.client.search, index=name, body=body,
+                                  params={"search_pipeline": pipeline_id})
+            hits = response["hits"]["hits"]
+            results.append([Hit(h["_id"], float(h["_score"]), rank) for rank, h in enumerate(hits, start=1)])
+        return results
 
     def fetch(self, name: str, ids: Sequence[str]) -> dict[str, Document]:
         if not ids:

@@ -24,6 +24,7 @@ _CHOICES = {
     "encoder.device": DEVICES,
     "encoder.dtype": DTYPES,
     "search.fusion": ("rrf", "minmax"),
+    "search.server_fusion": ("auto", "on", "off"),
     "search.rerank_dtype": DTYPES,
 }
 

@@ -56,22 +56,43 @@ def test_knn_only_stage_orders_by_cosine(built: Settings) -> None:
 
 @pytest.mark.parametrize("fusion", ["rrf", "minmax"])
 def test_fusion_scores_follow_the_recall_lists(built: Settings, fusion: str) -> None:
-    pipeline = _pipeline(built, fusion=fusion, rerank=False, bm25_weight=2.0, knn_weight=0.5)
+    weights = (1.0, 1.0) if fusion == "rrf" else (2.0, 0.5)
+    pipeline = _pipeline(built, fusion=fusion, rerank=False, bm25_weight=weights[0], knn_weight=weights[1])
     query = "carbon dioxide warms the planet"
     bm25 = {h.id: h for h in pipeline.backend.bm25(built.index, [query], 20)[0]}
-    hits = pipeline.search(query, k=20).hits
     knn_hits = {h.id: h for h in pipeline.backend.knn(built.index, pipeline.query_encoder.encode([query]), 20)[0]}
+    hits = pipeline.search(query, k=20).hits
     for hit in hits:
         if fusion == "rrf":
-            expected = sum(w / (60 + r.rank) for w, r in ((2.0, bm25.get(hit.id)), (0.5, knn_hits.get(hit.id))) if r)
-        else:
+            expected = sum(w / (60 + r.rank) for w, r in zip(weights, (bm25.get(hit.id), knn_hits.get(hit.id))) if r)
+        else:  # weighted mean of min-max normalised scores; the minimum maps to 0.001, a missing doc to 0
             expected = 0.0
-            for weight, run in ((2.0, bm25), (0.5, knn_hits)):
+            for weight, run in zip(weights, (bm25, knn_hits)):
                 if hit.id in run:
                     low, high = min(h.score for h in run.values()), max(h.score for h in run.values())
-                    expected += weight * (run[hit.id].score - low) / (high - low)
-        assert hit.fused_score == pytest.approx(expected, rel=1e-5, abs=1e-6)
+                    expected += weight * (((run[hit.id].score - low) / (high - low)) or 0.001)
+            expected /= sum(weights)
+        assert hit.fused_score == pytest.approx(expected, rel=2e-4, abs=2e-5)
     assert [h.fused_score for h in hits] == sorted((h.fused_score for h in hits), reverse=True)
+
+
+@pytest.mark.parametrize("fusion", ["rrf", "minmax"])
+def test_server_and_client_fusion_rank_alike(built: Settings, fusion: str) -> None:
+    """OpenSearch with neural-search fuses server-side (hybrid query + ceindex's search pipeline); same ranking."""
+    server = _pipeline(built, fusion=fusion, rerank=False, server_fusion="auto")
+    client = _pipeline(built, fusion=fusion, rerank=False, server_fusion="off")
+    assert not client.uses_server_fusion
+    if not built.opensearch.url:
+        assert not server.uses_server_fusion
+        with pytest.raises(ConfigError, match="server_fusion is 'on'"):
+            _pipeline(built, server_fusion="on").search("x")
+        return
+    assert server.uses_server_fusion  # the test node carries the neural-search plugin
+    for query in ("carbon dioxide warms the planet", "how do plants make sugar", "stars collapse"):
+        by_server = server.search(query, k=15).hits
+        by_client = client.search(query, k=15).hits
+        assert [h.id for h in by_server] == [h.id for h in by_client]
+        assert [h.fused_score for h in by_server] == pytest.approx([h.fused_score for h in by_client], rel=2e-4, abs=2e-5)
 
 
 def test_rerank_reorders_the_top_candidates(built: Settings) -> None:

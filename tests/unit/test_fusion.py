@@ -26,10 +26,12 @@ def test_rrf_matches_hand_computation() -> None:
 
 def test_minmax_matches_hand_computation() -> None:
     scores = minmax([BM25, KNN], [1.0, 1.0])
-    assert scores["a"] == pytest.approx(1.0 + 0.0)
-    assert scores["b"] == pytest.approx(6 / 9)
-    assert scores["c"] == pytest.approx(0.0 + 1.0)
-    assert scores["d"] == pytest.approx(0.3 / 0.4)
+    assert scores["a"] == pytest.approx((1.0 + 0.001) / 2)  # top of BM25, bottom of k-NN (floored at 0.001)
+    assert scores["b"] == pytest.approx((6 / 9) / 2)  # absent from k-NN: 0 from it
+    assert scores["c"] == pytest.approx((0.001 + 1.0) / 2)
+    assert scores["d"] == pytest.approx((0.3 / 0.4) / 2)
+    weighted = minmax([BM25, KNN], [3.0, 1.0])
+    assert weighted["b"] == pytest.approx(3 * (6 / 9) / 4)
     assert minmax([_run(("x", 5.0))], [1.0]) == {"x": 1.0}
 
 
