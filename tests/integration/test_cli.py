@@ -1,0 +1,72 @@
+"""The CLI end to end on the embedded backend: build, search, eval (incl. re-rank-only), with --json."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ceindex.cli import cli
+from tests.conftest import SAMPLE
+
+
+@pytest.fixture()
+def run(ceindex_home: Path, tiny_ce_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("CEINDEX_CE_MODEL", str(tiny_ce_dir))
+    runner = CliRunner()
+
+    def invoke(*args: str, code: int = 0):
+        result = runner.invoke(cli, list(args), catch_exceptions=False)
+        assert result.exit_code == code, result.output
+        return result
+
+    return invoke
+
+
+def test_build_search_eval(run, tmp_path: Path) -> None:
+    built = json.loads(run("-q", "build", "--data", str(SAMPLE), "--index", "cli", "--max-length", "64",
+                           "--json", "--no-progress").stdout)
+    assert built["indexed"] == 30 and built["count_ok"] is True
+    hits = json.loads(run("-q", "search", "--index", "cli", "--k", "3", "--rerank-max-length", "64", "--json",
+                          "battery").stdout)
+    assert len(hits[0]["hits"]) == 3 and hits[0]["query"] == "battery"
+    text = run("-q", "search", "--index", "cli", "--no-rerank", "volcano").stdout
+    assert "rank" in text and "timings (ms)" in text
+    out = tmp_path / "report"
+    report = json.loads(run("-q", "eval", "--data", str(SAMPLE), "--index", "cli", "--systems", "bm25,knn",
+                            "--out", str(out), "--json", "--no-progress").stdout)
+    assert report["systems"] == ["bm25", "knn"] and report["queries"] == 10
+    assert report["provenance"]["encoder"]["layer"] == 1
+    assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "runs", "chart.png", "report.html"}
+
+
+def test_rerank_only_mode_without_an_index(run, tmp_path: Path) -> None:
+    candidates = tmp_path / "cand.trec"
+    candidates.write_text("".join(f"q1 Q0 d{i:02d} {i} {30 - i} bm25\n" for i in range(1, 11)))
+    report = json.loads(run("-q", "eval", "--data", str(SAMPLE), "--index", "none-built", "--candidates",
+                            str(candidates), "--rerank-top", "5", "--rerank-max-length", "64", "--json",
+                            "--no-progress").stdout)
+    assert report["systems"] == ["candidates", "candidates+rerank"]
+    assert report["unjudged_queries"] == 0
+
+
+def test_build_rejects_exit_status_and_message(run, tmp_path: Path) -> None:
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"_id": "a", "text": "cat"}\n{"_id": "b"}\n')
+    result = run("-q", "build", "--corpus", str(corpus), "--index", "rej", "--max-length", "64", "--no-progress", code=1)
+    assert "rejected 1: missing text field 'text'" in result.stdout
+    run("-q", "build", "--corpus", str(corpus), "--index", "rej", "--max-length", "64", "--no-progress",
+        "--allow-rejects")
+
+
+def test_errors_are_one_line_with_exit_2(run) -> None:
+    result = run("search", "--index", "nothing-here", "query", code=2)
+    assert "error: no embedded index named 'nothing-here'" in result.output
+    result = run("build", "--index", "x", code=2)
+    assert "error: give exactly one of --data DIR" in result.output
+
+
+def test_help_texts(run) -> None:
+    for command in ("build", "search", "serve", "eval", "config", "layers", "distill"):
+        assert "Usage:" in run(command, "--help").stdout
