@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from ceindex.errors import BackendError, CeindexError, ConfigError, InputError
-from search_pipeline.pipeline import MAX_K, SearchPipeline
+from search_pipeline.pipeline import MAX_K, SearchPipeline, SearchResult
 
 logger = logging.getLogger(__name__)
 
@@ -22,31 +22,9 @@ class SearchRequest(BaseModel):
     model_config = {"extra": "forbid"}
 
 
-class HitModel(BaseModel):
-    id: str
-    title: str
-    text: str
-    rank: int
-    score: float
-    bm25_score: float | None = None
-    bm25_rank: int | None = None
-    knn_score: float | None = None
-    knn_rank: int | None = None
-    fused_score: float | None = None
-    fused_rank: int | None = None
-    rerank_score: float | None = None
-    metadata: dict[str, Any] = {}
-
-
-class ResultModel(BaseModel):
-    query: str
-    hits: list[HitModel]
-    timings_ms: dict[str, float]
-
-
 class SearchResponse(BaseModel):
     index: str
-    results: list[ResultModel]
+    results: list[SearchResult]
 
 
 def create_app(pipeline: SearchPipeline) -> Any:
@@ -86,6 +64,6 @@ def create_app(pipeline: SearchPipeline) -> Any:
         if not queries:
             raise InputError("'queries' is empty")
         results = await run_in_threadpool(pipeline.search_many, queries, request.k)
-        return {"index": pipeline.index, "results": [r.to_dict() for r in results]}
+        return {"index": pipeline.index, "results": results}
 
     return app

@@ -87,8 +87,22 @@ class Backend(ABC):
 
     # --- building ---------------------------------------------------------------------------
     @abstractmethod
+    def build_metas(self, alias: str) -> dict[str, dict[str, Any]]:
+        """``{physical index: recorded metadata}`` of every physical index built for ``alias``."""
+
     def find_resumable(self, alias: str, encoder: EncoderDescription, corpus_fingerprint: str) -> BuildState | None:
-        """An unfinished build of ``alias`` with the same encoder and corpus, if there is one."""
+        """The newest unfinished build of ``alias`` with the same encoder and corpus, if there is one."""
+        for physical, meta in sorted(self.build_metas(alias).items(), reverse=True):
+            if meta.get("alias") != alias or "encoder" not in meta:
+                continue
+            state = BuildState.from_meta(physical, meta)
+            if (
+                state.status == BUILDING
+                and state.corpus_fingerprint == corpus_fingerprint
+                and not state.encoder.differences(encoder)
+            ):
+                return state
+        return None
 
     @abstractmethod
     def current_encoder(self, alias: str) -> EncoderDescription | None:

@@ -23,7 +23,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from ceindex.backends.base import (
-    BUILDING,
     COMPLETE,
     Backend,
     BuildState,
@@ -121,28 +120,16 @@ class EmbeddedBackend(Backend):
         row = db.execute("SELECT value FROM meta WHERE key = 'state'").fetchone()
         return json.loads(row[0]) if row else {}
 
-    def find_resumable(self, alias: str, encoder: EncoderDescription, corpus_fingerprint: str) -> BuildState | None:
-        if not self.indexes_dir.is_dir():
-            return None
-        for folder in sorted(self.indexes_dir.glob(f"{alias}-*"), reverse=True):
-            db_path = folder / "docs.sqlite"
-            if not db_path.is_file() or (folder / "meta.json").is_file():
-                continue
-            db = sqlite3.connect(db_path)
-            try:
-                meta = self._read_meta_table(db)
-            finally:
-                db.close()
-            if not meta or meta.get("alias") != alias:
-                continue
-            state = BuildState.from_meta(folder.name, meta)
-            if (
-                state.status == BUILDING
-                and state.corpus_fingerprint == corpus_fingerprint
-                and not state.encoder.differences(encoder)
-            ):
-                return state
-        return None
+    def build_metas(self, alias: str) -> dict[str, dict[str, Any]]:
+        metas: dict[str, dict[str, Any]] = {}
+        for folder in self.indexes_dir.glob(f"{alias}-*") if self.indexes_dir.is_dir() else []:
+            if (folder / "docs.sqlite").is_file():
+                db = sqlite3.connect(folder / "docs.sqlite")
+                try:
+                    metas[folder.name] = self._read_meta_table(db)
+                finally:
+                    db.close()
+        return metas
 
     def current_encoder(self, alias: str) -> EncoderDescription | None:
         physical = self._alias_target(alias)

@@ -6,7 +6,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ceindex.backends.base import BUILDING, COMPLETE, Backend, BuildState, Hit, IndexInfo, IndexSettings
+from ceindex.backends.base import COMPLETE, Backend, BuildState, Hit, IndexInfo, IndexSettings
 from ceindex.config import OpenSearchConfig, opensearch_credentials
 from ceindex.data.corpus import Document, Rejected
 from ceindex.encoders.base import EncoderDescription
@@ -103,18 +103,8 @@ class OpenSearchBackend(Backend):
             raise _translate(exc, self.url, f"reading index metadata for {pattern}") from exc
         return {name: body.get("mappings", {}).get("_meta", {}) for name, body in mappings.items()}
 
-    def find_resumable(self, alias: str, encoder: EncoderDescription, corpus_fingerprint: str) -> BuildState | None:
-        for physical, meta in sorted(self._metas(f"{alias}-*").items(), reverse=True):
-            if meta.get("alias") != alias or "encoder" not in meta:
-                continue
-            state = BuildState.from_meta(physical, meta)
-            if (
-                state.status == BUILDING
-                and state.corpus_fingerprint == corpus_fingerprint
-                and not state.encoder.differences(encoder)
-            ):
-                return state
-        return None
+    def build_metas(self, alias: str) -> dict[str, dict[str, Any]]:
+        return self._metas(f"{alias}-*")
 
     def _alias_targets(self, alias: str) -> list[str]:
         from opensearchpy import NotFoundError
