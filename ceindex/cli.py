@@ -59,12 +59,9 @@ def _register() -> None:
     cli.add_command(search_command, name="search")
     cli.add_command(serve_command, name="serve")
     cli.add_command(eval_command, name="eval")
-    try:
-        from ceindex.commands.layers import layers_command
+    from ceindex.commands.layers import layers_command
 
-        cli.add_command(layers_command, name="layers")
-    except ImportError:  # pragma: no cover - while the layers command is being written
-        pass
+    cli.add_command(layers_command, name="layers")
     for name, command in STUBS.items():
         if name not in cli.commands:
             cli.add_command(command, name=name)

@@ -1,0 +1,52 @@
+"""Encoders: text -> unit-length float32 vectors.
+
+``ce-layer``: an early layer of a cross-encoder (the text paired with itself, mean-pooled);
+``dual``: a sentence-transformers dual encoder. Build either from an ``EncoderConfig``.
+"""
+from __future__ import annotations
+
+from ceindex.encoders.base import Encoder, EncoderDescription
+from ceindex.encoders.config import EncoderConfig, parse_encoder_spec
+from ceindex.errors import ConfigError
+
+__all__ = [
+    "Encoder",
+    "EncoderConfig",
+    "EncoderDescription",
+    "encoder_config_from_description",
+    "load_encoder",
+    "parse_encoder_spec",
+]
+
+
+def load_encoder(config: EncoderConfig) -> Encoder:
+    """Load the encoder ``config`` describes (heavy imports happen here, not at package import)."""
+    if config.kind == "ce-layer":
+        from ceindex.encoders.ce_layer import CELayerEncoder
+
+        return CELayerEncoder(config)
+    if config.kind == "dual":
+        from ceindex.encoders.dual import DualEncoder
+
+        return DualEncoder(config)
+    raise ConfigError(f"unknown encoder kind {config.kind!r}")
+
+
+def encoder_config_from_description(
+    desc: EncoderDescription, batch_size: int = 32, device: str = "auto", dtype: str | None = None
+) -> EncoderConfig:
+    """The config that rebuilds the encoder an index recorded (e.g. to encode its queries).
+
+    ``dtype`` defaults to the recorded one; batch size and device do not change vectors.
+    """
+    return EncoderConfig(
+        kind=desc.kind,
+        model=desc.model,
+        layer=desc.layer if desc.layer is not None else EncoderConfig.layer,
+        input_mode=desc.input_mode or EncoderConfig.input_mode,
+        pooling=desc.pooling,
+        max_length=desc.max_length,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype or desc.dtype,
+    )
