@@ -12,11 +12,6 @@ FIXTURE_CE = SHARED / "models" / "ce-minilm-l6-scifact"
 SCIFACT = SHARED / "data" / "scifact"
 SAMPLE = REPO / "ceindex" / "samples" / "tiny-science"
 
-WORDS = (
-    "the a of and to in is are was it for on with as by at from that this be or not "
-    "cat dog plant light sugar energy cell cells glucose oxygen water carbon dioxide battery ion "
-    "earth plate volcano star black hole gravity brain sleep memory heart bird bee sun".split()
-)
 
 
 def require_shared(path: Path) -> Path:
@@ -27,20 +22,15 @@ def require_shared(path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_ce_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random 3-layer BERT cross-encoder (hidden 32) with a real WordPiece tokenizer, saved to disk."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    """A random 3-layer BERT cross-encoder (hidden 32) whose WordPiece vocabulary covers the sample corpus."""
+    import re
 
-    folder = tmp_path_factory.mktemp("tiny-ce")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(WORDS)) + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + list("abcdefghijklmnopqrstuvwxyz")
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128, num_labels=1)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    from tests.unit._tiny_models import build_tiny_ce
+
+    words = set()
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        words |= set(re.findall(r"[a-z]+", (SAMPLE / name).read_text(encoding="utf-8").lower()))
+    return build_tiny_ce("bert", tmp_path_factory.mktemp("tiny-ce"), extra_words=words)
 
 
 @pytest.fixture()

@@ -35,7 +35,14 @@ from ceindex.encoders.base import EncoderDescription
 from ceindex.errors import BackendError
 
 logger = logging.getLogger(__name__)
-logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG otherwise
+
+
+def import_bm25s() -> Any:
+    """bm25s, with its logger quietened (it sets itself to DEBUG on import and logs every index build)."""
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
 
 BM25_K1, BM25_B = 1.2, 0.75
 _SCHEMA = """
@@ -47,18 +54,16 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 
 def bm25_tokenize(texts: Sequence[str]) -> Any:
-    import bm25s
     import Stemmer
 
-    return bm25s.tokenize(list(texts), stopwords="en", stemmer=Stemmer.Stemmer("english"), show_progress=False)
+    return import_bm25s().tokenize(list(texts), stopwords="en", stemmer=Stemmer.Stemmer("english"), show_progress=False)
 
 
 class _LoadedIndex:
     """A finished index opened for search (vectors memory-mapped, BM25 loaded once)."""
 
     def __init__(self, folder: Path) -> None:
-        import bm25s
-
+        bm25s = import_bm25s()
         self.folder = folder
         self.ids: list[str] = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
         self.vectors = np.load(folder / "vectors.npy", mmap_mode="r")
@@ -170,8 +175,7 @@ class EmbeddedBackend(Backend):
         db.commit()
 
     def finish(self, state: BuildState, settings: IndexSettings) -> int:
-        import bm25s
-
+        bm25s = import_bm25s()
         db = self._writer(state)
         folder = self._folder(state.physical)
         ids: list[str] = []
