@@ -1,15 +1,19 @@
-"""A small, self-contained reader for BEIR folders: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.
+"""BEIR folders: corpus.jsonl, queries.jsonl, qrels/<split>.tsv — strict readers for sweeps and training.
 
-Malformed input raises InputError naming the file and line.
+They share the streaming row reader of ``ceindex.data.corpus`` (one JSON/CSV parser for the project) but,
+unlike ``ceindex build``, stop at the first malformed row with an InputError naming the file and line:
+an experiment on half a dataset would be silently wrong.
 """
 from __future__ import annotations
 
-import csv
-import json
+import logging
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
+from ceindex.data.corpus import Document, Rejected, read_documents
 from ceindex.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 
 def _require(path: Path, what: str) -> Path:
@@ -18,65 +22,51 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
-def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
+def _strict(path: Path, *, allow_empty: bool) -> Iterator[Document]:
+    for record in read_documents(path):
+        if isinstance(record, Rejected):
+            if allow_empty and record.reason == "empty text":
+                logger.warning("%s: line %d: document %s has no text; skipped", path, record.line, record.id)
                 continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}: line {number}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
-            if "_id" not in row:
-                raise InputError(f"{path}: line {number}: missing '_id'")
-            yield number, row
-
-
-def _text_field(path: Path, number: int, row: dict[str, Any], key: str) -> str:
-    value = row.get(key) or ""
-    if not isinstance(value, str):
-        raise InputError(f"{path}: line {number}: '{key}' must be a string, got {type(value).__name__}")
-    return value
+            raise InputError(f"{path}: line {record.line}: {record.reason}")
+        yield record
 
 
 def read_corpus(data_dir: str | Path) -> Iterator[dict[str, str]]:
     """Yield ``{"_id", "title", "text"}`` for each document of ``data_dir/corpus.jsonl``."""
     path = _require(Path(data_dir) / "corpus.jsonl", "corpus.jsonl")
-    for number, row in _jsonl(path):
-        yield {
-            "_id": str(row["_id"]),
-            "title": _text_field(path, number, row, "title"),
-            "text": _text_field(path, number, row, "text"),
-        }
+    for doc in _strict(path, allow_empty=True):
+        yield {"_id": doc.id, "title": doc.title, "text": doc.text}
 
 
 def read_queries(data_dir: str | Path) -> dict[str, str]:
     """``{query_id: text}`` from ``data_dir/queries.jsonl``."""
     path = _require(Path(data_dir) / "queries.jsonl", "queries.jsonl")
-    return {str(row["_id"]): _text_field(path, number, row, "text") for number, row in _jsonl(path)}
+    return {doc.id: doc.text for doc in _strict(path, allow_empty=False)}
 
 
 def read_qrels(data_dir: str | Path, split: str) -> dict[str, dict[str, int]]:
-    """``{query_id: {doc_id: relevance}}`` from ``data_dir/qrels/<split>.tsv`` (header optional)."""
+    """``{query_id: {doc_id: relevance}}`` from ``data_dir/qrels/<split>.tsv``."""
     folder = Path(data_dir) / "qrels"
     path = folder / f"{split}.tsv"
     if not path.is_file():
         splits = sorted(p.stem for p in folder.glob("*.tsv")) if folder.is_dir() else []
         raise InputError(f"{path} not found; available splits: {', '.join(splits) or 'none'}")
+    return read_qrels_file(path)
+
+
+def read_qrels_file(path: Path) -> dict[str, dict[str, int]]:
+    """BEIR TSV (``query-id corpus-id score``, header optional) or TREC qrels (``qid iter docid rel``)."""
     qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8", newline="") as handle:
-        for number, values in enumerate(csv.reader(handle, delimiter="\t"), start=1):
-            if not values or all(not v.strip() for v in values):
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            parts = line.split()
+            if not parts or (number == 1 and parts[0].lower() in ("query-id", "query_id", "qid")):
                 continue
-            if number == 1 and values[0].strip().lower() in ("query-id", "query_id", "qid"):
-                continue
-            if len(values) < 3:
-                raise InputError(f"{path}: line {number}: expected 3 tab-separated columns "
-                                 f"(query-id, corpus-id, score), got {len(values)}")
-            docid = values[2] if len(values) == 4 else values[1]  # 4 columns: TREC "qid iter docid rel"
-            qid, docid, score = values[0].strip(), docid.strip(), values[-1].strip()
+            if len(parts) not in (3, 4):
+                raise InputError(f"{path}: line {number}: expected 'query-id corpus-id score' or "
+                                 f"'qid iter docid rel', got {len(parts)} columns")
+            qid, docid, score = parts[0], parts[-2], parts[-1]
             try:
                 qrels.setdefault(qid, {})[docid] = int(float(score))
             except ValueError:

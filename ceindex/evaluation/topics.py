@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ceindex.data.beir import read_qrels, read_queries
+from ceindex.data.beir import read_qrels, read_qrels_file, read_queries
 from ceindex.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -77,20 +77,3 @@ def read_queries_file(path: Path) -> dict[str, str]:
     if path.name != "queries.jsonl":
         raise InputError(f"{path}: a JSONL queries file must be named queries.jsonl (BEIR layout)")
     return _read(path.parent)
-
-
-def read_qrels_file(path: Path) -> dict[str, dict[str, int]]:
-    """TREC qrels (``qid iter docid rel``, spaces or tabs) or BEIR TSV (``qid docid rel`` with header)."""
-    qrels: dict[str, dict[str, int]] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        parts = line.split()
-        if not parts or (number == 1 and parts[0].lower() in ("query-id", "qid", "query_id")):
-            continue
-        if len(parts) not in (3, 4):
-            raise InputError(f"{path}: line {number}: expected 'qid iter docid rel' or 'qid docid rel'")
-        qid, docid, rel = parts[0], parts[-2], parts[-1]
-        try:
-            qrels.setdefault(qid, {})[docid] = int(float(rel))
-        except ValueError:
-            raise InputError(f"{path}: line {number}: relevance {rel!r} is not a number") from None
-    return qrels

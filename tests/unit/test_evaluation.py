@@ -10,7 +10,8 @@ from ceindex.errors import ConfigError, InputError
 from ceindex.evaluation.report import score_runs, write_report
 from ceindex.evaluation.runner import SystemRun, ranked_scores
 from ceindex.evaluation.systems import parse_systems
-from ceindex.evaluation.topics import load_topics, read_qrels_file
+from ceindex.data.beir import read_qrels_file
+from ceindex.evaluation.topics import load_topics
 
 QRELS = {"q1": {"d1": 2, "d3": 1}, "q2": {"d9": 1}}
 # q1 ranking: d2 (non-rel), d1 (rel 2), d4, d3 (rel 1); q2 ranking: d9 first
@@ -65,7 +66,7 @@ def test_trec_qrels_and_errors(tmp_path: Path) -> None:
     path.write_text("q1 0 d1 2\nq1 0 d2 0\n")
     assert read_qrels_file(path) == {"q1": {"d1": 2, "d2": 0}}
     path.write_text("q1 0 d1 high\n")
-    with pytest.raises(InputError, match="line 1: relevance 'high'"):
+    with pytest.raises(InputError, match="line 1: score 'high' is not a number"):
         read_qrels_file(path)
 
 
