@@ -1,39 +1,49 @@
 #!/usr/bin/env bash
 # The README's quality tables: `ceindex eval` on SciFact test (both backends) and on TREC DL19
 # (re-rank-only over the shipped BM25 top-100, and the pool as a corpus). Reports land in bench/results/eval-*.
-# Usage: bench/eval_reports.sh [LAYER]   (LAYER: the one `ceindex layers` picked; default 0)
+# Usage: bench/eval_reports.sh [LAYER [STAGE...]]
+#   LAYER: the layer `ceindex layers` picked (default 0)
+#   STAGE: scifact-embedded scifact-opensearch dl19-rerank dl19-pool (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LAYER="${1:-0}"
+shift || true
+STAGES="${*:-scifact-embedded scifact-opensearch dl19-rerank dl19-pool}"
 SHARED="$(cd .. && pwd)/shared"
 CE="$SHARED/models/ce-minilm-l6-scifact"
 export CEINDEX_HOME="${CEINDEX_HOME:-$PWD/bench/results/home}"
 CEINDEX=".venv/bin/ceindex"
-PY=.venv/bin/python
 OUT=bench/results
 SYSTEMS="bm25,knn,hybrid-rrf,hybrid-minmax,hybrid-rrf+rerank"
+want() { [[ " $STAGES " == *" $1 "* ]]; }
 
-node_url=""
-cleanup() { [ -n "${NODE_PID:-}" ] && kill "$NODE_PID" 2>/dev/null && wait "$NODE_PID" 2>/dev/null; true; }
+NODE_PID=""
+cleanup() { if [ -n "$NODE_PID" ]; then kill "$NODE_PID" 2>/dev/null; wait "$NODE_PID" 2>/dev/null; fi; true; }
 trap cleanup EXIT
-$PY -m ceindex.testing.opensearch_node --port 9250 > "$OUT/node.log" 2>&1 &
-NODE_PID=$!
-for _ in $(seq 1 180); do curl -sf http://127.0.0.1:9250/_cluster/health >/dev/null && break; sleep 1; done
-node_url=http://127.0.0.1:9250
 
-# SciFact test, fixture CE at layer $LAYER, on both backends
-for backend in embedded opensearch; do
-  flags=(); [ "$backend" = opensearch ] && flags=(--opensearch "$node_url")
-  $CEINDEX -q build --data "$SHARED/data/scifact" --index scifact --encoder "ce:$CE,layer=$LAYER" "${flags[@]}" --no-progress --prune
+scifact() {  # $1 = backend name, rest = extra flags
+  local backend=$1; shift
+  $CEINDEX -q build --data "$SHARED/data/scifact" --index scifact --encoder "ce:$CE,layer=$LAYER" "$@" --no-progress --prune
   $CEINDEX -q eval --data "$SHARED/data/scifact" --split test --index scifact --systems "$SYSTEMS" \
-    --query-batch 8 "${flags[@]}" --out "$OUT/eval-scifact-$backend" --no-progress
-done
+    --query-batch 8 "$@" --out "$OUT/eval-scifact-$backend" --no-progress
+}
 
-# TREC DL19: re-rank-only over the shipped BM25 top-100 (texts from the pool corpus, no index needed)
-$CEINDEX -q eval --data "$SHARED/data/trec-dl19" --split test --index dl19-none \
-  --candidates "$SHARED/data/trec-dl19/bm25-top100.trec" --rerank-top 100 --rerank-model "$CE" \
-  --out "$OUT/eval-dl19-rerank" --no-progress
-# TREC DL19: the 4,297-passage pool as a corpus, all systems (embedded)
-$CEINDEX -q build --data "$SHARED/data/trec-dl19" --index dl19 --encoder "ce:$CE,layer=$LAYER" --no-progress --prune
-$CEINDEX -q eval --data "$SHARED/data/trec-dl19" --split test --index dl19 --systems "$SYSTEMS" \
-  --query-batch 8 --out "$OUT/eval-dl19-pool" --no-progress
+if want scifact-embedded; then scifact embedded; fi
+if want scifact-opensearch; then
+  .venv/bin/python -m ceindex.testing.opensearch_node --port 9250 > "$OUT/node.log" 2>&1 &
+  NODE_PID=$!
+  for _ in $(seq 1 180); do curl -sf http://127.0.0.1:9250/_cluster/health >/dev/null && break; sleep 1; done
+  scifact opensearch --opensearch http://127.0.0.1:9250
+fi
+if want dl19-rerank; then
+  # re-rank-only over the shipped BM25 top-100 (texts from the pool corpus, no index needed)
+  $CEINDEX -q eval --data "$SHARED/data/trec-dl19" --split test --index dl19-none \
+    --candidates "$SHARED/data/trec-dl19/bm25-top100.trec" --rerank-top 100 --rerank-model "$CE" \
+    --out "$OUT/eval-dl19-rerank" --no-progress
+fi
+if want dl19-pool; then
+  # the 4,297-passage pool as a corpus, all systems (embedded)
+  $CEINDEX -q build --data "$SHARED/data/trec-dl19" --index dl19 --encoder "ce:$CE,layer=$LAYER" --no-progress --prune
+  $CEINDEX -q eval --data "$SHARED/data/trec-dl19" --split test --index dl19 --systems "$SYSTEMS" \
+    --query-batch 8 --out "$OUT/eval-dl19-pool" --no-progress
+fi
