@@ -59,9 +59,11 @@ def _register() -> None:
     cli.add_command(search_command, name="search")
     cli.add_command(serve_command, name="serve")
     cli.add_command(eval_command, name="eval")
+    from ceindex.commands.distill import distill_command
     from ceindex.commands.layers import layers_command
 
     cli.add_command(layers_command, name="layers")
+    cli.add_command(distill_command, name="distill")
     for name, command in STUBS.items():
         if name not in cli.commands:
             cli.add_command(command, name=name)

@@ -1,0 +1,91 @@
+"""Settings of a distillation run: what the student is built from, and how it is trained."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ceindex.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """A dual encoder of ``layers`` transformer layers.
+
+    Its embedding layer and first ``copy`` layers are copied from ``source`` (a cross-encoder's base
+    model, or a dual encoder for the control); layers ``copy..layers-1`` are newly initialised (the
+    architecture's own random init, seeded).
+    """
+
+    source: str
+    layers: int = 2
+    copy: int = 1
+
+    def __post_init__(self) -> None:
+        if self.layers < 1:
+            raise ConfigError(f"--layers must be >= 1 (transformer layers of the student), got {self.layers}")
+        if self.copy < 0:
+            raise ConfigError(f"--copy must be >= 0 (layers copied from the source), got {self.copy}")
+        if self.copy > self.layers:
+            raise ConfigError(
+                f"--copy {self.copy} is more than --layers {self.layers}: the student cannot hold more copied "
+                f"layers than it has; use --copy <= --layers"
+            )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the student is trained on (query, relevant document, BM25 hard negative) triples.
+
+    Loss per batch: ``MultipleNegativesRankingLoss`` (in-batch + hard negatives, cosine x ``scale``),
+    plus, with ``teacher``, ``margin_weight`` x ``MarginMSELoss`` whose labels are the cross-encoder's
+    logit margins CE(q, pos) - CE(q, neg) and whose student margins are ``scale`` x cosine margins, so
+    student and teacher margins live on the same logit scale.
+    """
+
+    data_dir: str
+    split: str = "train"
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 1e-4
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    max_length: int = 128  # documents, in training and held-out evaluation
+    query_max_length: int = 32
+    # max_seq_length written into the saved model (what `ceindex build` uses); None = max_length. Going past the
+    # training length hurts: on SciFact test DE-2 CE scored nDCG@10 0.40 at 128 tokens but 0.25 at 256.
+    save_max_length: int | None = None
+    scale: float = 20.0
+    teacher: bool = True
+    margin_weight: float = 0.1
+    teacher_max_length: int = 192
+    teacher_batch_size: int = 32
+    negatives_depth: int = 10  # a hard negative is drawn from the BM25 top-N minus the relevant documents
+    seed: int = 42
+    held_out: float = 0.1
+    patience: int = 1  # epochs without a held-out improvement before stopping
+    eval_docs: int = 2000  # documents searched for held-out early stopping (0 = the whole corpus)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 2, f"--batch-size must be >= 2 (in-batch negatives need company), got {self.batch_size}"),
+            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (0 <= self.warmup < 1, f"warmup must be a fraction in [0, 1), got {self.warmup}"),
+            (self.max_length >= 8 and self.query_max_length >= 8 and self.saved_max_length >= 8,
+             "max lengths must be >= 8 tokens"),
+            (0 <= self.held_out <= 0.5, f"--held-out must be a fraction in [0, 0.5], got {self.held_out}"),
+            (self.negatives_depth >= 1, f"negatives depth must be >= 1, got {self.negatives_depth}"),
+            (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
+            (self.eval_docs >= 0, f"eval docs must be >= 0 (0 = whole corpus), got {self.eval_docs}"),
+            (self.margin_weight >= 0, f"margin weight must be >= 0, got {self.margin_weight}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @property
+    def saved_max_length(self) -> int:
+        return self.save_max_length if self.save_max_length is not None else self.max_length
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
