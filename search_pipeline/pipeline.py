@@ -177,7 +177,8 @@ class SearchPipeline:
     def search(self, query: str, k: int = 10) -> SearchResult:
         return self.search_many([query], k)[0]
 
-    def search_many(self, queries: Sequence[str], k: int = 10) -> list[SearchResult]:
+    def search_many(self, queries: Sequence[str], k: int = 10, *, include_text: bool = True) -> list[SearchResult]:
+        """Search several queries in one go; ``include_text=False`` skips fetching texts the re-ranker does not need."""
         self._validate(queries, k)
         if not queries:
             return []
@@ -205,7 +206,7 @@ class SearchPipeline:
                 vectors = timed("encode", self.query_encoder.encode, list(queries))
                 knn_runs = timed("knn", self.backend.knn, self.index, vectors, n, cfg.knn_ef_search)
             fused_runs = timed("fusion", self._fuse_all, bm25_runs, knn_runs)
-        depth = max(k, cfg.rerank_top) if cfg.rerank else k
+        depth = (max(k, cfg.rerank_top) if include_text else cfg.rerank_top) if cfg.rerank else (k if include_text else 0)
         wanted = sorted({h.id for run in fused_runs for h in run[:depth]})
         docs = timed("fetch", self.backend.fetch, self.index, wanted)
         rerank_scores: list[dict[str, float]] = [{} for _ in queries]

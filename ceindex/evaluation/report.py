@@ -58,7 +58,7 @@ class EvalReport:
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {p50} | {p95} |")
         lines.append("")
         lines.append(
-            f"{self.queries} judged queries ({self.unjudged_queries} without judgements left out). "
+            f"{self.queries} judged queries ({self.unjudged_queries} queries without judgements in this split left out). "
             f"† = differs from {self.baseline} (paired {self.stat_test} t-test, p < {self.max_p})."
         )
         return "\n".join(lines)

@@ -52,7 +52,7 @@ def run_system(
     with tqdm(total=len(qids), desc=f"eval {system.name}", unit="q", disable=not progress) as bar:
         for start in range(0, len(qids), batch_size):
             chunk = qids[start : start + batch_size]
-            for qid, found in zip(chunk, configured.search_many([queries[q] for q in chunk], depth)):
+            for qid, found in zip(chunk, configured.search_many([queries[q] for q in chunk], depth, include_text=False)):
                 result.run[qid] = ranked_scores([hit.id for hit in found.hits])
                 timings = dict(found.timings_ms)
                 timings["total"] = sum(timings.values())

@@ -129,3 +129,11 @@ def test_bad_inputs_are_clear_errors(built: Settings, tiny_ce_dir: Path) -> None
     other = load_encoder(EncoderConfig(model=str(tiny_ce_dir), layer=2, max_length=64))
     with pytest.raises(EncoderMismatchError, match="layer: index has 1, query encoder has 2"):
         SearchPipeline(built, query_encoder=other)
+
+
+def test_without_text_same_ranking_and_no_fetch(built: Settings) -> None:
+    pipeline = _pipeline(built, rerank=False)
+    full = pipeline.search_many(["volcano magma"], k=5)[0]
+    bare = pipeline.search_many(["volcano magma"], k=5, include_text=False)[0]
+    assert [h.id for h in bare.hits] == [h.id for h in full.hits]
+    assert all(h.text == "" for h in bare.hits) and all(h.text for h in full.hits)
