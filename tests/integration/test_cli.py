@@ -70,3 +70,12 @@ def test_errors_are_one_line_with_exit_2(run) -> None:
 def test_help_texts(run) -> None:
     for command in ("build", "search", "serve", "eval", "config", "layers", "distill"):
         assert "Usage:" in run(command, "--help").stdout
+
+
+def test_fusion_weights_tuned_on_a_split(run) -> None:
+    run("-q", "build", "--data", str(SAMPLE), "--index", "tune", "--max-length", "64", "--no-progress")
+    report = json.loads(run("-q", "eval", "--data", str(SAMPLE), "--index", "tune", "--systems", "hybrid-minmax",
+                            "--tune-fusion-on", "test", "--json", "--no-progress").stdout)
+    assert report["systems"] == ["hybrid-minmax", "hybrid-minmax-tuned"]
+    # tuned on the very queries it is scored on: the tuned weights should not do worse than equal ones
+    assert report["scores"]["hybrid-minmax-tuned"]["ndcg@10"] >= report["scores"]["hybrid-minmax"]["ndcg@10"] - 1e-9
