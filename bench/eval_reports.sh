@@ -14,7 +14,7 @@ CE="$SHARED/models/ce-minilm-l6-scifact"
 export CEINDEX_HOME="${CEINDEX_HOME:-$PWD/bench/results/home}"
 CEINDEX=".venv/bin/ceindex"
 OUT=bench/results
-SYSTEMS="bm25,knn,hybrid-rrf,hybrid-minmax,hybrid-rrf+rerank"
+SYSTEMS="${SYSTEMS:-bm25,knn,hybrid-rrf,hybrid-minmax,hybrid-rrf+rerank}"
 want() { [[ " $STAGES " == *" $1 "* ]]; }
 
 NODE_PID=""
