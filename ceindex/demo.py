@@ -6,7 +6,6 @@ import logging
 import sys
 import tempfile
 import textwrap
-from dataclasses import replace
 from pathlib import Path
 
 from ceindex.config import Settings
@@ -49,7 +48,7 @@ def run_demo(home: Path, layer: int = 1) -> int:
     report, _ = evaluate(settings, EvalRequest(data_dir=SAMPLE, systems="bm25,knn,hybrid-rrf,hybrid-rrf+rerank",
                                                progress=False, command="python -m ceindex.demo"), None)
     print(textwrap.indent(report.markdown(), "    "))
-    print("\n    Not in this demo yet: `ceindex layers` (layer sweep) and `ceindex distill` (DE-2 CE); see README.")
+    print("\n    Next: `ceindex layers` picks the best layer, `ceindex distill` builds a DE-2 CE; see README.")
     return 0
 
 

@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 
 from ceindex.backends import Backend, Hit, open_backend
 from ceindex.config import SearchConfig, Settings, load_settings

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -162,4 +162,4 @@ def _default_ce() -> str:
     return default_ce_model()
 
 
-__all__ = ["EvalRequest", "evaluate", "replace"]
+__all__ = ["EvalRequest", "evaluate"]

@@ -6,7 +6,6 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from ceindex.backends import open_backend

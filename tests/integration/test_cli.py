@@ -79,3 +79,18 @@ def test_fusion_weights_tuned_on_a_split(run) -> None:
     assert report["systems"] == ["hybrid-minmax", "hybrid-minmax-tuned"]
     # tuned on the very queries it is scored on: the tuned weights should not do worse than equal ones
     assert report["scores"]["hybrid-minmax-tuned"]["ndcg@10"] >= report["scores"]["hybrid-minmax"]["ndcg@10"] - 1e-9
+
+
+def test_eval_bad_requests_are_clear(run, tmp_path: Path) -> None:
+    result = run("eval", "--data", str(SAMPLE), "--systems", "", code=2)
+    assert "nothing to evaluate" in result.output
+    result = run("eval", "--data", str(SAMPLE), "--systems", "dense", code=2)
+    assert "unknown system 'dense'" in result.output
+    extra = tmp_path / "mine.trec"
+    extra.write_text("q1 Q0 d01 1 2.0 mine\n")
+    result = run("eval", "--data", str(SAMPLE), "--systems", "", "--runs", str(extra), "--baseline", "bm25", code=2)
+    assert "--baseline 'bm25' is not one of: mine" in result.output
+    bad = tmp_path / "bad.trec"
+    bad.write_text("q1 Q0 d01\n")
+    result = run("eval", "--data", str(SAMPLE), "--systems", "", "--runs", str(bad), code=2)
+    assert "not a TREC run file" in result.output

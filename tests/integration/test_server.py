@@ -4,7 +4,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
