@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ceindex.encoders._assemble import InputAssembler
 from ceindex.encoders._runtime import check_texts, l2_normalize, length_sorted_batches, masked_mean
 from ceindex.errors import ConfigError
 
@@ -59,6 +60,10 @@ class Embedder:
         self.max_length, self.batch_size, self.device, self.depth = max_length, batch_size, device, depth
         self.stack_owner = stack_owner if stack_owner is not model else None
         self._n_special = tokenizer.num_special_tokens_to_add(pair=spec.self_pair)
+        assembler = InputAssembler.for_tokenizer(tokenizer, self_pair=spec.self_pair)
+        self._assembler = assembler if assembler is not None and assembler.n_special == self._n_special else None
+        if self._assembler is None:
+            log.info("%s: batches are tokenised by the tokenizer itself (slower path)", type(tokenizer).__name__)
         # RoBERTa-like models have a single token type (DistilBERT none): never feed segment ids to them.
         types = getattr(model.config, "type_vocab_size", 2) or 0
         takes_types = "token_type_ids" in inspect.signature(model.forward).parameters
@@ -74,13 +79,14 @@ class Embedder:
         bad = [layer for layer in layers if not 0 <= layer <= self.depth]
         if bad:
             raise ConfigError(f"layers {bad} are outside 0..{self.depth} of this (cut) model")
-        lengths = self._token_counts(texts)
+        token_ids = self._token_ids(texts)
+        lengths = [len(ids) for ids in token_ids]
         dims = int(self.model.config.hidden_size)
         out = {layer: np.zeros((len(texts), dims), dtype=np.float32) for layer in layers}
         batches = length_sorted_batches(lengths, self.batch_size)
         with tqdm(total=len(texts), desc=desc, unit="text", disable=not show_progress) as bar:
             for batch in batches:
-                pooled = self._embed_batch([texts[i] for i in batch], layers)
+                pooled = self._embed_batch([texts[i] for i in batch], [token_ids[i] for i in batch], layers)
                 for layer, vectors in pooled.items():
                     out[layer][batch] = vectors
                 bar.update(len(batch))
@@ -88,9 +94,8 @@ class Embedder:
         return {layer: l2_normalize(vectors) for layer, vectors in out.items()}
 
     # ------------------------------------------------------------------ internals
-    def _token_counts(self, texts: list[str]) -> list[int]:
-        ids = self.tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
-        return [len(x) for x in ids]
+    def _token_ids(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
 
     def _log_truncation(self, lengths: list[int]) -> None:
         copies = 2 if self.spec.self_pair else 1
@@ -120,7 +125,9 @@ class Embedder:
             mask = torch.zeros_like(attention)
             mask[:, 0] = 1
             return mask
-        if self.spec.pooling == "mean-first-copy":
+        if self.spec.pooling == "mean-first-copy" and "first_copy_mask" in enc:
+            mask = enc["first_copy_mask"] * attention
+        elif self.spec.pooling == "mean-first-copy":
             rows = [[1 if s == 0 else 0 for s in enc.sequence_ids(i)] for i in range(attention.shape[0])]
             mask = torch.tensor(rows, dtype=attention.dtype) * attention
         elif self.spec.include_special:
@@ -130,12 +137,19 @@ class Embedder:
         empty = mask.sum(dim=1) == 0  # a text whose tokens are all special: fall back to every real token
         return torch.where(empty.unsqueeze(1), attention, mask)
 
-    @torch.inference_mode()
-    def _embed_batch(self, texts: list[str], layers: Sequence[int]) -> dict[int, np.ndarray]:
-        enc = self._tokenize(texts)
-        pool_mask = self._pool_mask(enc)
+    def batch_inputs(
+        self, texts: list[str], token_ids: Sequence[Sequence[int]]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Model inputs and the pooling mask of one batch, on the device (``token_ids``: from ``_token_ids``)."""
+        enc = self._assembler(token_ids, self.max_length) if self._assembler is not None else self._tokenize(texts)
         inputs = {k: v.to(self.device) for k, v in enc.items() if k in self._input_names}
-        mask = pool_mask.to(self.device)
+        return inputs, self._pool_mask(enc).to(self.device)
+
+    @torch.inference_mode()
+    def _embed_batch(
+        self, texts: list[str], token_ids: Sequence[Sequence[int]], layers: Sequence[int]
+    ) -> dict[int, np.ndarray]:
+        inputs, mask = self.batch_inputs(texts, token_ids)
         return {layer: masked_mean(states, mask).cpu().numpy() for layer, states in self._forward(inputs, layers).items()}
 
     def _forward(self, inputs: dict[str, torch.Tensor], layers: Sequence[int]) -> dict[int, torch.Tensor]:

@@ -1,0 +1,138 @@
+"""Model inputs assembled from token ids that were computed once per text.
+
+The embedder tokenises every text once (no special tokens, no truncation) to sort by length. Asking the
+tokenizer again for the batch, as ``tokenizer(t, t, truncation="longest_first")``, re-tokenises each text
+twice more and dominated encode time at early layers (on a GPU the model waited for the tokenizer). This
+module reuses the ids: it learns the tokenizer's special-token template from one probe, truncates exactly
+as the Rust ``longest_first`` strategy does, and pads. Tests check the result equals the tokenizer's own
+output token for token on several model families; anything it cannot mirror falls back to the tokenizer.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_PROBE_A, _PROBE_B = "alpha beta", "gamma"
+
+
+def longest_first(n1: int, n2: int, budget: int) -> tuple[int, int]:
+    """Lengths the two sequences keep under ``longest_first`` truncation to ``budget`` content tokens
+    (the rule of the ``tokenizers`` library: the shorter keeps what it can, the longer the rest; if both
+    are long they split the budget, the second getting the odd token)."""
+    if n1 + n2 <= budget:
+        return n1, n2
+    small, large = (n2, n1) if n1 > n2 else (n1, n2)
+    large = small if small > budget else max(small, budget - small)
+    if small + large > budget:
+        small = budget // 2
+        large = small + budget % 2
+    return (large, small) if n1 > n2 else (small, large)
+
+
+@dataclass(frozen=True)
+class _Template:
+    """Special tokens around one or two sequences, with their segment (token type) ids."""
+
+    prefix: tuple[int, ...]
+    middle: tuple[int, ...]  # between the two sequences (pair templates only)
+    suffix: tuple[int, ...]
+    prefix_types: tuple[int, ...]
+    middle_types: tuple[int, ...]
+    suffix_types: tuple[int, ...]
+    type_a: int
+    type_b: int
+
+    @property
+    def n_special(self) -> int:
+        return len(self.prefix) + len(self.middle) + len(self.suffix)
+
+
+def _find(haystack: list[int], needle: list[int], start: int = 0) -> int:
+    for i in range(start, len(haystack) - len(needle) + 1):
+        if haystack[i : i + len(needle)] == needle:
+            return i
+    return -1
+
+
+def _learn_template(tokenizer: Any, pair: bool) -> _Template | None:
+    a = tokenizer(_PROBE_A, add_special_tokens=False)["input_ids"]
+    b = tokenizer(_PROBE_B, add_special_tokens=False)["input_ids"]
+    enc = tokenizer(_PROBE_A, _PROBE_B if pair else None, return_token_type_ids=True)
+    ids, types = list(enc["input_ids"]), list(enc.get("token_type_ids") or [0] * len(enc["input_ids"]))
+    i = _find(ids, a)
+    j = _find(ids, b, i + len(a)) if pair else i + len(a)
+    if not a or not b or i < 0 or j < 0:
+        return None
+    end_b = j + len(b) if pair else j
+    seg_a, seg_b = set(types[i : i + len(a)]), set(types[j:end_b]) if pair else {0}
+    if len(seg_a) != 1 or len(seg_b) != 1:
+        return None
+    return _Template(
+        prefix=tuple(ids[:i]), middle=tuple(ids[i + len(a) : j]), suffix=tuple(ids[end_b:]),
+        prefix_types=tuple(types[:i]), middle_types=tuple(types[i + len(a) : j]), suffix_types=tuple(types[end_b:]),
+        type_a=seg_a.pop(), type_b=seg_b.pop(),
+    )
+
+
+class InputAssembler:
+    """Builds ``input_ids``/``attention_mask``/``token_type_ids`` plus two pooling masks for a batch of texts,
+    each given as its token ids (no special tokens), fed alone or paired with itself."""
+
+    def __init__(self, template: _Template, *, self_pair: bool, pad_id: int) -> None:
+        self.template, self.self_pair, self.pad_id = template, self_pair, pad_id
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: Any, *, self_pair: bool) -> "InputAssembler | None":
+        """An assembler mirroring ``tokenizer``, or None where it cannot be mirrored (then use the tokenizer)."""
+        if not getattr(tokenizer, "is_fast", False):
+            return None
+        if getattr(tokenizer, "truncation_side", "right") != "right" or getattr(tokenizer, "padding_side", "right") != "right":
+            return None
+        if tokenizer.pad_token_id is None:
+            return None
+        try:
+            template = _learn_template(tokenizer, self_pair)
+        except Exception as exc:  # noqa: BLE001 - any surprise means: use the tokenizer itself
+            log.debug("cannot learn the special-token template of %s: %s", type(tokenizer).__name__, exc)
+            return None
+        if template is None:
+            return None
+        return cls(template, self_pair=self_pair, pad_id=int(tokenizer.pad_token_id))
+
+    @property
+    def n_special(self) -> int:
+        return self.template.n_special
+
+    def __call__(self, token_ids: Sequence[Sequence[int]], max_length: int) -> dict[str, torch.Tensor]:
+        t = self.template
+        budget = max(max_length - t.n_special, 0)
+        rows: list[tuple[list[int], list[int], list[int], list[int]]] = []
+        for ids in token_ids:
+            if self.self_pair:
+                keep_a, keep_b = longest_first(len(ids), len(ids), budget)
+                a, b = list(ids[:keep_a]), list(ids[:keep_b])
+                row = [*t.prefix, *a, *t.middle, *b, *t.suffix]
+                types = [*t.prefix_types, *[t.type_a] * len(a), *t.middle_types, *[t.type_b] * len(b), *t.suffix_types]
+                special = [1] * len(t.prefix) + [0] * len(a) + [1] * len(t.middle) + [0] * len(b) + [1] * len(t.suffix)
+                first = [0] * len(t.prefix) + [1] * len(a) + [0] * (len(row) - len(t.prefix) - len(a))
+            else:
+                a = list(ids[:budget])
+                row = [*t.prefix, *a, *t.suffix]
+                types = [*t.prefix_types, *[t.type_a] * len(a), *t.suffix_types]
+                special = [1] * len(t.prefix) + [0] * len(a) + [1] * len(t.suffix)
+                first = [1 - s for s in special]
+            rows.append((row, types, special, first))
+        width = max(len(r[0]) for r in rows)
+        pad = [width - len(r[0]) for r in rows]
+        return {
+            "input_ids": torch.tensor([r[0] + [self.pad_id] * p for r, p in zip(rows, pad)], dtype=torch.long),
+            "attention_mask": torch.tensor([[1] * len(r[0]) + [0] * p for r, p in zip(rows, pad)], dtype=torch.long),
+            "token_type_ids": torch.tensor([r[1] + [0] * p for r, p in zip(rows, pad)], dtype=torch.long),
+            "special_tokens_mask": torch.tensor([r[2] + [1] * p for r, p in zip(rows, pad)], dtype=torch.long),
+            "first_copy_mask": torch.tensor([r[3] + [0] * p for r, p in zip(rows, pad)], dtype=torch.long),
+        }

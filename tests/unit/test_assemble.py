@@ -1,0 +1,85 @@
+"""Inputs assembled from once-computed token ids equal the tokenizer's own, token for token."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from ceindex.encoders._assemble import InputAssembler, longest_first
+from tests.unit._tiny_models import FAMILIES, WORDS, build_tiny_ce
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+FIXTURE_CE = SHARED / "models" / "ce-minilm-l6-scifact"
+SCIFACT = SHARED / "data" / "scifact"
+
+
+def _texts(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 90))) for _ in range(n)]
+
+
+def _assert_same_as_tokenizer(tokenizer, texts: list[str], self_pair: bool, max_length: int) -> None:
+    assembler = InputAssembler.for_tokenizer(tokenizer, self_pair=self_pair)
+    assert assembler is not None, "a fast tokenizer with a template post-processor must be mirrored"
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    ours = assembler(ids, max_length)
+    ref = tokenizer(texts, texts if self_pair else None, truncation="longest_first", max_length=max_length,
+                    padding=True, return_special_tokens_mask=True, return_token_type_ids=True, return_tensors="pt")
+    for key in ("input_ids", "attention_mask", "token_type_ids", "special_tokens_mask"):
+        assert torch.equal(ours[key], ref[key]), f"{key} differs (self_pair={self_pair}, max_length={max_length})"
+    if self_pair:
+        first = torch.tensor([[1 if s == 0 else 0 for s in ref.sequence_ids(i)] for i in range(len(texts))])
+        assert torch.equal(ours["first_copy_mask"], first)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_matches_the_tokenizer_for_every_family(family: str, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(build_tiny_ce(family, tmp_path / family)))
+    texts = _texts(40, seed=7)
+    for self_pair in (True, False):
+        for max_length in (9, 16, 63, 64, 128, 300):  # odd and even budgets, none / some / all truncated
+            _assert_same_as_tokenizer(tokenizer, texts, self_pair, max_length)
+
+
+def test_longest_first_matches_the_tokenizer_on_unequal_pairs(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(build_tiny_ce("bert", tmp_path / "bert")))
+    rng = random.Random(3)
+    special = tokenizer.num_special_tokens_to_add(pair=True)
+    for _ in range(200):
+        a, b = _texts(1, rng.randint(0, 10**6))[0], _texts(1, rng.randint(0, 10**6))[0]
+        max_length = rng.randint(special + 1, 200)
+        enc = tokenizer(a, b, truncation="longest_first", max_length=max_length)
+        seq = enc.sequence_ids()
+        kept = (seq.count(0), seq.count(1))
+        n1, n2 = (len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in (a, b))
+        assert longest_first(n1, n2, max_length - special) == kept, (n1, n2, max_length)
+
+
+def test_left_side_truncation_falls_back_to_the_tokenizer(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(build_tiny_ce("bert", tmp_path / "bert")))
+    tokenizer.truncation_side = "left"
+    assert InputAssembler.for_tokenizer(tokenizer, self_pair=True) is None
+
+
+@pytest.mark.skipif(not FIXTURE_CE.is_dir() or not SCIFACT.is_dir(),
+                    reason=f"LOUD SKIP: the fixture CE / SciFact are absent under {SHARED}")
+def test_matches_the_fixture_tokenizer_on_scifact() -> None:
+    import json
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(FIXTURE_CE))
+    with (SCIFACT / "corpus.jsonl").open(encoding="utf-8") as lines:
+        docs = [json.loads(next(lines)) for _ in range(64)]
+    texts = [f"{d['title']} {d['text']}".strip() for d in docs] + ["[SEP] literal special tokens [CLS] é ü 中文"]
+    for self_pair in (True, False):
+        for max_length in (127, 256):
+            _assert_same_as_tokenizer(tokenizer, texts, self_pair, max_length)
