@@ -33,6 +33,17 @@ def tiny_ce_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_ce("bert", tmp_path_factory.mktemp("tiny-ce"), extra_words=words)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: thread hand-offs cost more than the maths, badly so on a busy 2-core box."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture()
 def ceindex_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"

@@ -8,11 +8,8 @@ import pytest
 import torch
 
 from ceindex.encoders._assemble import InputAssembler, longest_first
+from tests.conftest import FIXTURE_CE, SCIFACT, SHARED
 from tests.unit._tiny_models import FAMILIES, WORDS, build_tiny_ce
-
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-FIXTURE_CE = SHARED / "models" / "ce-minilm-l6-scifact"
-SCIFACT = SHARED / "data" / "scifact"
 
 
 def _texts(n: int, seed: int) -> list[str]:

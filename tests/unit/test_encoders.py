@@ -15,15 +15,7 @@ from ceindex.encoders.ce_layer import CELayerEncoder, CrossEncoderLayers, find_l
 from ceindex.errors import ConfigError, InputError, ModelError
 from tests.unit._tiny_models import DEPTH, FAMILIES, build_tiny_ce, build_tiny_sentence_transformer
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: thread hand-offs cost more than the maths, badly so on a busy 2-core box."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"

@@ -14,15 +14,7 @@ from ceindex.errors import ConfigError, InputError
 from ceindex.layers import exact_search, run_layer_sweep
 from tests.unit._tiny_models import build_tiny_ce, build_tiny_sentence_transformer
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: thread hand-offs cost more than the maths, badly so on a busy 2-core box."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 DOCS = {
