@@ -36,3 +36,15 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
     payload = {"machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()}} | payload
     path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
     return path
+
+
+def bm25_run(ids: list[str], bodies: list[str], qids: list[str], queries: list[str], k: int = 100) -> dict:
+    """BM25 top-k (bm25s, Lucene formula, the embedded backend's k1/b and tokeniser) as {qid: {doc_id: score}}."""
+    import bm25s
+
+    from ceindex.backends.embedded import BM25_B, BM25_K1, bm25_tokenize
+
+    retriever = bm25s.BM25(k1=BM25_K1, b=BM25_B, method="lucene")
+    retriever.index(bm25_tokenize(bodies), show_progress=False)
+    idx, scores = retriever.retrieve(bm25_tokenize(queries), k=min(k, len(ids)), show_progress=False, n_threads=0)
+    return {q: {ids[int(i)]: float(s) for i, s in zip(row_i, row_s)} for q, row_i, row_s in zip(qids, idx, scores)}

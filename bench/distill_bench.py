@@ -29,9 +29,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import FIXTURE_CE, RESULTS, SCIFACT, markdown_table, require, write_json  # noqa: E402
+from _common import FIXTURE_CE, RESULTS, SCIFACT, bm25_run, markdown_table, require, write_json  # noqa: E402
 
-from ceindex.backends.embedded import BM25_B, BM25_K1, bm25_tokenize  # noqa: E402
 from ceindex.data.beir import read_qrels, read_queries  # noqa: E402
 from ceindex.data.corpus import Document, corpus_path, read_documents  # noqa: E402
 from ceindex.encoders import EncoderConfig, load_encoder  # noqa: E402
@@ -106,15 +105,6 @@ def memoise_reranker() -> dict[tuple, float]:
 
     CrossEncoderReranker.score = score  # type: ignore[method-assign]
     return memo
-
-
-def bm25_run(ids: list[str], bodies: list[str], qids: list[str], queries: list[str], k: int = 100) -> dict:
-    import bm25s
-
-    retriever = bm25s.BM25(k1=BM25_K1, b=BM25_B, method="lucene")
-    retriever.index(bm25_tokenize(bodies), show_progress=False)
-    idx, scores = retriever.retrieve(bm25_tokenize(queries), k=min(k, len(ids)), show_progress=False, n_threads=0)
-    return {q: {ids[int(i)]: float(s) for i, s in zip(row_i, row_s)} for q, row_i, row_s in zip(qids, idx, scores)}
 
 
 def timed_median(fn: Callable[[], Any], repeats: int) -> float:
