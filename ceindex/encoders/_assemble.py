@@ -80,14 +80,14 @@ def _learn_template(tokenizer: Any, pair: bool) -> _Template | None:
 
 
 class InputAssembler:
-    """Builds ``input_ids``/``attention_mask``/``token_type_ids`` plus two pooling masks for a batch of texts,
-    each given as its token ids (no special tokens), fed alone or paired with itself."""
+    """Builds ``input_ids``/``attention_mask``/``token_type_ids`` plus two pooling masks for a batch, each text
+    given as its token ids (no special tokens): single texts, or pairs (a text with itself, or query + document)."""
 
-    def __init__(self, template: _Template, *, self_pair: bool, pad_id: int) -> None:
-        self.template, self.self_pair, self.pad_id = template, self_pair, pad_id
+    def __init__(self, template: _Template, *, pair: bool, pad_id: int) -> None:
+        self.template, self.pair, self.pad_id = template, pair, pad_id
 
     @classmethod
-    def for_tokenizer(cls, tokenizer: Any, *, self_pair: bool) -> "InputAssembler | None":
+    def for_tokenizer(cls, tokenizer: Any, *, pair: bool) -> "InputAssembler | None":
         """An assembler mirroring ``tokenizer``, or None where it cannot be mirrored (then use the tokenizer)."""
         if not getattr(tokenizer, "is_fast", False):
             return None
@@ -96,26 +96,32 @@ class InputAssembler:
         if tokenizer.pad_token_id is None:
             return None
         try:
-            template = _learn_template(tokenizer, self_pair)
+            template = _learn_template(tokenizer, pair)
         except Exception as exc:  # noqa: BLE001 - any surprise means: use the tokenizer itself
             log.debug("cannot learn the special-token template of %s: %s", type(tokenizer).__name__, exc)
             return None
         if template is None:
             return None
-        return cls(template, self_pair=self_pair, pad_id=int(tokenizer.pad_token_id))
+        return cls(template, pair=pair, pad_id=int(tokenizer.pad_token_id))
 
     @property
     def n_special(self) -> int:
         return self.template.n_special
 
-    def __call__(self, token_ids: Sequence[Sequence[int]], max_length: int) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, token_ids: Sequence[Sequence[int]], max_length: int, second: Sequence[Sequence[int]] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``second``: the paired sequences (pair template only); None pairs each text with itself."""
         t = self.template
+        if second is not None and not self.pair:
+            raise ValueError("a single-text assembler cannot take second sequences")
         budget = max(max_length - t.n_special, 0)
         rows: list[tuple[list[int], list[int], list[int], list[int]]] = []
-        for ids in token_ids:
-            if self.self_pair:
-                keep_a, keep_b = longest_first(len(ids), len(ids), budget)
-                a, b = list(ids[:keep_a]), list(ids[:keep_b])
+        for n, ids in enumerate(token_ids):
+            if self.pair:
+                other = ids if second is None else second[n]
+                keep_a, keep_b = longest_first(len(ids), len(other), budget)
+                a, b = list(ids[:keep_a]), list(other[:keep_b])
                 row = [*t.prefix, *a, *t.middle, *b, *t.suffix]
                 types = [*t.prefix_types, *[t.type_a] * len(a), *t.middle_types, *[t.type_b] * len(b), *t.suffix_types]
                 special = [1] * len(t.prefix) + [0] * len(a) + [1] * len(t.middle) + [0] * len(b) + [1] * len(t.suffix)

@@ -60,7 +60,7 @@ class Embedder:
         self.max_length, self.batch_size, self.device, self.depth = max_length, batch_size, device, depth
         self.stack_owner = stack_owner if stack_owner is not model else None
         self._n_special = tokenizer.num_special_tokens_to_add(pair=spec.self_pair)
-        assembler = InputAssembler.for_tokenizer(tokenizer, self_pair=spec.self_pair)
+        assembler = InputAssembler.for_tokenizer(tokenizer, pair=spec.self_pair)
         self._assembler = assembler if assembler is not None and assembler.n_special == self._n_special else None
         if self._assembler is None:
             log.info("%s: batches are tokenised by the tokenizer itself (slower path)", type(tokenizer).__name__)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,12 +18,16 @@ def _texts(n: int, seed: int) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 90))) for _ in range(n)]
 
 
-def _assert_same_as_tokenizer(tokenizer, texts: list[str], self_pair: bool, max_length: int) -> None:
-    assembler = InputAssembler.for_tokenizer(tokenizer, self_pair=self_pair)
+def _assert_same_as_tokenizer(tokenizer, texts: list[str], self_pair: bool, max_length: int,
+                              second: list[str] | None = None) -> None:
+    """``second``: pair each text with these (query + document) instead of with itself."""
+    assembler = InputAssembler.for_tokenizer(tokenizer, pair=self_pair or second is not None)
     assert assembler is not None, "a fast tokenizer with a template post-processor must be mirrored"
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    ours = assembler(ids, max_length)
-    ref = tokenizer(texts, texts if self_pair else None, truncation="longest_first", max_length=max_length,
+    second_ids = tokenizer(second, add_special_tokens=False)["input_ids"] if second is not None else None
+    ours = assembler(ids, max_length, second=second_ids)
+    partner = second if second is not None else (texts if self_pair else None)
+    ref = tokenizer(texts, partner, truncation="longest_first", max_length=max_length,
                     padding=True, return_special_tokens_mask=True, return_token_type_ids=True, return_tensors="pt")
     for key in ("input_ids", "attention_mask", "token_type_ids", "special_tokens_mask"):
         assert torch.equal(ours[key], ref[key]), f"{key} differs (self_pair={self_pair}, max_length={max_length})"
@@ -40,6 +45,9 @@ def test_matches_the_tokenizer_for_every_family(family: str, tmp_path: Path) -> 
     for self_pair in (True, False):
         for max_length in (9, 16, 63, 64, 128, 300):  # odd and even budgets, none / some / all truncated
             _assert_same_as_tokenizer(tokenizer, texts, self_pair, max_length)
+    queries = _texts(40, seed=8)  # query + document pairs of unequal lengths, as the re-ranker feeds them
+    for max_length in (9, 40, 64, 301):
+        _assert_same_as_tokenizer(tokenizer, queries, False, max_length, second=texts)
 
 
 def test_longest_first_matches_the_tokenizer_on_unequal_pairs(tmp_path: Path) -> None:
@@ -63,7 +71,7 @@ def test_left_side_truncation_falls_back_to_the_tokenizer(tmp_path: Path) -> Non
 
     tokenizer = AutoTokenizer.from_pretrained(str(build_tiny_ce("bert", tmp_path / "bert")))
     tokenizer.truncation_side = "left"
-    assert InputAssembler.for_tokenizer(tokenizer, self_pair=True) is None
+    assert InputAssembler.for_tokenizer(tokenizer, pair=True) is None
 
 
 @pytest.mark.skipif(not FIXTURE_CE.is_dir() or not SCIFACT.is_dir(),
@@ -80,3 +88,19 @@ def test_matches_the_fixture_tokenizer_on_scifact() -> None:
     for self_pair in (True, False):
         for max_length in (127, 256):
             _assert_same_as_tokenizer(tokenizer, texts, self_pair, max_length)
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_reranker_scores_equal_the_tokenizer_path(family: str, tmp_path: Path) -> None:
+    from search_pipeline.rerank import CrossEncoderReranker
+
+    reranker = CrossEncoderReranker(str(build_tiny_ce(family, tmp_path / family)), batch_size=4, max_length=40,
+                                    device="cpu")
+    assert reranker._assembler is not None  # noqa: SLF001
+    queries, docs = _texts(5, seed=11), _texts(9, seed=12)  # lengths from 1 to 90 words: many pairs truncated
+    pairs = [(q, d) for q in queries for d in docs]
+    assembled = reranker.score(pairs)
+    reranker._assembler = None  # noqa: SLF001 - the tokenizer's own pair encoding
+    reference = reranker.score(pairs)
+    assert np.unique(assembled).size > 10, "scores should vary with the pair"
+    np.testing.assert_allclose(assembled, reference, rtol=0, atol=1e-6)
