@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 import torch
 
+from ceindex.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 _PROBE_A, _PROBE_B = "alpha beta", "gamma"
@@ -52,39 +54,55 @@ class _Template:
         return len(self.prefix) + len(self.middle) + len(self.suffix)
 
 
-def _find(haystack: list[int], needle: list[int], start: int = 0) -> int:
-    for i in range(start, len(haystack) - len(needle) + 1):
-        if haystack[i : i + len(needle)] == needle:
-            return i
-    return -1
-
-
 def _learn_template(tokenizer: Any, pair: bool) -> _Template | None:
-    a = tokenizer(_PROBE_A, add_special_tokens=False)["input_ids"]
-    b = tokenizer(_PROBE_B, add_special_tokens=False)["input_ids"]
+    """Read the template off one encoded probe: its sequence ids say which positions are text, which special."""
     enc = tokenizer(_PROBE_A, _PROBE_B if pair else None, return_token_type_ids=True)
-    ids, types = list(enc["input_ids"]), list(enc.get("token_type_ids") or [0] * len(enc["input_ids"]))
-    i = _find(ids, a)
-    j = _find(ids, b, i + len(a)) if pair else i + len(a)
-    if not a or not b or i < 0 or j < 0:
-        return None
-    end_b = j + len(b) if pair else j
-    seg_a, seg_b = set(types[i : i + len(a)]), set(types[j:end_b]) if pair else {0}
-    if len(seg_a) != 1 or len(seg_b) != 1:
+    ids = list(enc["input_ids"])
+    types = list(enc.get("token_type_ids") or [0] * len(ids))
+    seq = enc.sequence_ids()
+    spans = []
+    for wanted in (0, 1) if pair else (0,):
+        where = [i for i, s in enumerate(seq) if s == wanted]
+        if not where or where != list(range(where[0], where[-1] + 1)):
+            return None  # a sequence missing or split by special tokens: not a simple template
+        spans.append((where[0], where[-1] + 1))
+    (a0, a1), (b0, b1) = spans[0], spans[1] if pair else (spans[0][1], spans[0][1])
+    seg_a, seg_b = set(types[a0:a1]), set(types[b0:b1]) if pair else {0}
+    if len(seg_a) != 1 or len(seg_b) != 1 or any(s is not None for s in seq[:a0] + seq[a1:b0] + seq[b1:]):
         return None
     return _Template(
-        prefix=tuple(ids[:i]), middle=tuple(ids[i + len(a) : j]), suffix=tuple(ids[end_b:]),
-        prefix_types=tuple(types[:i]), middle_types=tuple(types[i + len(a) : j]), suffix_types=tuple(types[end_b:]),
+        prefix=tuple(ids[:a0]), middle=tuple(ids[a1:b0]), suffix=tuple(ids[b1:]),
+        prefix_types=tuple(types[:a0]), middle_types=tuple(types[a1:b0]), suffix_types=tuple(types[b1:]),
         type_a=seg_a.pop(), type_b=seg_b.pop(),
     )
+
+
+def _mirrors(assembler: "InputAssembler", tokenizer: Any) -> bool:
+    """Whether ``assembler`` reproduces ``tokenizer`` on a probe batch: unequal lengths, padding, and both
+    truncation cases (one sequence longer than the budget, both long), at an odd and an even budget."""
+    words = "the quick brown fox jumps over the lazy dog while seven wizards quietly hex".split()
+    texts = [" ".join(words[: n % len(words) + 1] * (1 + n // 3)) for n in range(1, 12)]
+    seconds = texts[::-1]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    second_ids = tokenizer(seconds, add_special_tokens=False)["input_ids"]
+    for max_length in (assembler.n_special + 7, assembler.n_special + 24, 512):
+        for partner, partner_ids in ((None, None), (seconds, second_ids)) if assembler.pair else ((None, None),):
+            ours = assembler(ids, max_length, second=partner_ids)
+            theirs = tokenizer(texts, partner if partner is not None else (texts if assembler.pair else None),
+                               truncation="longest_first", max_length=max_length, padding=True,
+                               return_special_tokens_mask=True, return_token_type_ids=True, return_tensors="pt")
+            if any(not torch.equal(ours[k], theirs[k]) for k in ("input_ids", "attention_mask", "token_type_ids",
+                                                                  "special_tokens_mask")):
+                return False
+    return True
 
 
 class InputAssembler:
     """Builds ``input_ids``/``attention_mask``/``token_type_ids`` plus two pooling masks for a batch, each text
     given as its token ids (no special tokens): single texts, or pairs (a text with itself, or query + document)."""
 
-    def __init__(self, template: _Template, *, pair: bool, pad_id: int) -> None:
-        self.template, self.pair, self.pad_id = template, pair, pad_id
+    def __init__(self, template: _Template, *, pair: bool, pad_id: int, pad_type_id: int = 0) -> None:
+        self.template, self.pair, self.pad_id, self.pad_type_id = template, pair, pad_id, pad_type_id
 
     @classmethod
     def for_tokenizer(cls, tokenizer: Any, *, pair: bool) -> "InputAssembler | None":
@@ -97,12 +115,14 @@ class InputAssembler:
             return None
         try:
             template = _learn_template(tokenizer, pair)
+            if template is None or template.n_special != tokenizer.num_special_tokens_to_add(pair=pair):
+                return None
+            assembler = cls(template, pair=pair, pad_id=int(tokenizer.pad_token_id),
+                            pad_type_id=int(getattr(tokenizer, "pad_token_type_id", 0) or 0))
+            return assembler if _mirrors(assembler, tokenizer) else None
         except Exception as exc:  # noqa: BLE001 - any surprise means: use the tokenizer itself
-            log.debug("cannot learn the special-token template of %s: %s", type(tokenizer).__name__, exc)
+            log.debug("cannot mirror the tokenizer %s: %s", type(tokenizer).__name__, exc)
             return None
-        if template is None:
-            return None
-        return cls(template, pair=pair, pad_id=int(tokenizer.pad_token_id))
 
     @property
     def n_special(self) -> int:
@@ -115,7 +135,9 @@ class InputAssembler:
         t = self.template
         if second is not None and not self.pair:
             raise ValueError("a single-text assembler cannot take second sequences")
-        budget = max(max_length - t.n_special, 0)
+        if max_length <= t.n_special:
+            raise ConfigError(f"max_length {max_length} leaves no room for text next to {t.n_special} special tokens")
+        budget = max_length - t.n_special
         rows: list[tuple[list[int], list[int], list[int], list[int]]] = []
         for n, ids in enumerate(token_ids):
             if self.pair:
@@ -138,7 +160,7 @@ class InputAssembler:
         return {
             "input_ids": torch.tensor([r[0] + [self.pad_id] * p for r, p in zip(rows, pad)], dtype=torch.long),
             "attention_mask": torch.tensor([[1] * len(r[0]) + [0] * p for r, p in zip(rows, pad)], dtype=torch.long),
-            "token_type_ids": torch.tensor([r[1] + [0] * p for r, p in zip(rows, pad)], dtype=torch.long),
+            "token_type_ids": torch.tensor([r[1] + [self.pad_type_id] * p for r, p in zip(rows, pad)], dtype=torch.long),
             "special_tokens_mask": torch.tensor([r[2] + [1] * p for r, p in zip(rows, pad)], dtype=torch.long),
             "first_copy_mask": torch.tensor([r[3] + [0] * p for r, p in zip(rows, pad)], dtype=torch.long),
         }

@@ -60,14 +60,15 @@ class Embedder:
         self.max_length, self.batch_size, self.device, self.depth = max_length, batch_size, device, depth
         self.stack_owner = stack_owner if stack_owner is not model else None
         self._n_special = tokenizer.num_special_tokens_to_add(pair=spec.self_pair)
-        assembler = InputAssembler.for_tokenizer(tokenizer, pair=spec.self_pair)
-        self._assembler = assembler if assembler is not None and assembler.n_special == self._n_special else None
+        self._assembler = InputAssembler.for_tokenizer(tokenizer, pair=spec.self_pair)
         if self._assembler is None:
             log.info("%s: batches are tokenised by the tokenizer itself (slower path)", type(tokenizer).__name__)
         # RoBERTa-like models have a single token type (DistilBERT none): never feed segment ids to them.
         types = getattr(model.config, "type_vocab_size", 2) or 0
         takes_types = "token_type_ids" in inspect.signature(model.forward).parameters
         self._input_names = {"input_ids", "attention_mask"} | ({"token_type_ids"} if types >= 2 and takes_types else set())
+        # ...and only what the tokenizer itself would return (the assembler always builds segment ids)
+        self._input_names &= {"input_ids", "attention_mask"} | set(getattr(tokenizer, "model_input_names", ()))
 
     # ------------------------------------------------------------------ public
     def embed(

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ceindex.encoders._assemble import InputAssembler, longest_first
+from ceindex.errors import ConfigError
 from tests.conftest import FIXTURE_CE, SCIFACT, SHARED
 from tests.unit._tiny_models import FAMILIES, WORDS, build_tiny_ce
 
@@ -104,3 +105,23 @@ def test_reranker_scores_equal_the_tokenizer_path(family: str, tmp_path: Path) -
     reference = reranker.score(pairs)
     assert np.unique(assembled).size > 10, "scores should vary with the pair"
     np.testing.assert_allclose(assembled, reference, rtol=0, atol=1e-6)
+
+
+def test_unusual_post_processors_are_learnt_or_refused(tmp_path: Path) -> None:
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    folder = build_tiny_ce("bert", tmp_path / "bert")
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    specials = [("[CLS]", tokenizer.cls_token_id), ("[SEP]", tokenizer.sep_token_id)]
+    # a template with more special tokens in the middle and at the end: learnt, and then exact
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] [SEP]:1 $B:1 [SEP]:1 [SEP]:1", special_tokens=specials)
+    assert InputAssembler.for_tokenizer(tokenizer, pair=True) is not None
+    _assert_same_as_tokenizer(tokenizer, _texts(20, seed=5), True, 33)
+    # the second sequence placed first: not a template the assembler can express, so it must refuse
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $B:1 [SEP]:1 $A [SEP]", special_tokens=specials)
+    assert InputAssembler.for_tokenizer(tokenizer, pair=True) is None
+    with pytest.raises(ConfigError, match="no room for text"):
+        InputAssembler.for_tokenizer(AutoTokenizer.from_pretrained(str(folder)), pair=True)([[5, 6]], 3)
