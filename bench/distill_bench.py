@@ -129,6 +129,9 @@ def main() -> None:
     parser.add_argument("--throughput-docs", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-hybrid", action="store_true")
+    parser.add_argument("--hybrid-from", type=Path, default=None,
+                        help="take the hybrid + re-rank section from an earlier complete run's JSON instead of "
+                             "recomputing it (~25 min); for re-measuring throughput on a quiet machine")
     parser.add_argument("--out", default="distill.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -136,6 +139,7 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for path in (args.data, args.ce, args.de2ce, args.control):
         require(path)
+    earlier = _earlier_hybrid(args) if args.hybrid_from is not None else None  # read before this run overwrites it
     import torch
 
     torch.set_num_threads(2)
@@ -212,8 +216,11 @@ def main() -> None:
     # ---- hybrid (RRF) + re-rank through the product pipeline
     hybrid: dict[str, dict[str, float]] = {}
     hybrid_report = None
-    if not args.skip_hybrid:
+    if earlier is not None:
+        hybrid, hybrid_report = earlier
+    elif not args.skip_hybrid:
         hybrid, hybrid_report = run_hybrid(args, encoders, config, docs, doc_vectors)
+    if hybrid_report is not None:
         print(f"\n## Each + CE re-rank of the top {args.rerank_top} (BM25 alone; the others hybrid BM25 + k-NN, RRF)\n")
         print(hybrid_report.markdown())
 
@@ -235,6 +242,7 @@ def _write(args, encoders, layer, layer_source, ids, qids, dense, encode_s, thro
         "throughput": {"docs": texts_n, "repeats": args.repeats, "torch_threads": 2, "results": throughput},
         "bench_seconds": round(time.perf_counter() - started, 1),
         "command": " ".join(sys.argv),
+        "hybrid_rerank_reused_from_command": getattr(args, "hybrid_reused_from", None),
         "note": "shared 2-core machine: timings are noisy medians",
         "complete": done,
     }
@@ -283,6 +291,19 @@ def run_hybrid(args: argparse.Namespace, encoders: dict, config: Callable, docs:
         qrels = load_topics(args.data, "test").qrels
     log.info("re-ranker scored %d distinct pairs in all", len(memo))
     return scores, score_runs(qrels, runs, baseline="BM25")
+
+
+def _earlier_hybrid(args: argparse.Namespace) -> tuple[dict[str, dict[str, float]], Any]:
+    from ceindex.evaluation.report import EvalReport
+
+    earlier = json.loads(args.hybrid_from.read_text(encoding="utf-8"))
+    section = earlier.get("hybrid_rerank") or {}
+    if not earlier.get("complete") or not section.get("report"):
+        sys.exit(f"{args.hybrid_from}: no complete hybrid + re-rank section to reuse")
+    if (section["rerank_top"], section["rerank_max_length"]) != (args.rerank_top, args.rerank_max_length):
+        sys.exit(f"{args.hybrid_from}: re-rank settings differ from this run's --rerank-top/--rerank-max-length")
+    args.hybrid_reused_from = earlier.get("command")
+    return section["scores"], EvalReport(**section["report"])
 
 
 def _training_record(model: Path) -> dict[str, Any]:
