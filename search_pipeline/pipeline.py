@@ -5,6 +5,7 @@ The same object serves the Python API, ``ceindex search``, ``ceindex serve`` and
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -87,6 +88,7 @@ class SearchPipeline:
         self._encoder = query_encoder
         self._reranker = reranker
         self._server_fusion: bool | None = None
+        self._load_lock = threading.RLock()  # threads share one pipeline: models are loaded once, by one of them
         if self._encoder is not None:
             self._check_encoder(self._encoder)
 
@@ -111,28 +113,35 @@ class SearchPipeline:
     @property
     def uses_server_fusion(self) -> bool:
         """Whether BM25 + k-NN are fused inside the backend (OpenSearch hybrid query with its search pipeline)."""
-        cfg = self.config
-        if self._server_fusion is None:
-            wanted = cfg.server_fusion != "off" and cfg.bm25 and cfg.knn
-            able = wanted and self.backend.server_fusion(cfg.fusion, (cfg.bm25_weight, cfg.knn_weight), cfg.rrf_k)
-            if cfg.server_fusion == "on" and cfg.bm25 and cfg.knn and not able:
-                raise ConfigError(
-                    f"server_fusion is 'on' but this backend cannot fuse '{cfg.fusion}' server-side (it needs OpenSearch "
-                    "with the neural-search plugin; RRF there takes no weights); use --server-fusion auto or off"
-                )
-            self._server_fusion = bool(able)
+        with self._load_lock:
+            if self._server_fusion is None:
+                self._server_fusion = self._decide_server_fusion()
         return self._server_fusion
+
+    def _decide_server_fusion(self) -> bool:
+        cfg = self.config
+        wanted = cfg.server_fusion != "off" and cfg.bm25 and cfg.knn
+        able = wanted and self.backend.server_fusion(cfg.fusion, (cfg.bm25_weight, cfg.knn_weight), cfg.rrf_k)
+        if cfg.server_fusion == "on" and cfg.bm25 and cfg.knn and not able:
+            raise ConfigError(
+                f"server_fusion is 'on' but this backend cannot fuse '{cfg.fusion}' server-side (it needs OpenSearch "
+                "with the neural-search plugin; RRF there takes no weights); use --server-fusion auto or off"
+            )
+        return bool(able)
 
     # --- models, loaded on first use --------------------------------------------------------
     @property
     def query_encoder(self) -> Encoder:
-        if self._encoder is None:
-            config = encoder_config_from_description(
-                self.info.encoder, batch_size=self.settings.encoder.batch_size, device=self.settings.encoder.device
-            )
-            encoder = load_encoder(config)
-            self._check_encoder(encoder)
-            self._encoder = encoder
+        with self._load_lock:
+            return self._encoder or self._load_query_encoder()
+
+    def _load_query_encoder(self) -> Encoder:
+        config = encoder_config_from_description(
+            self.info.encoder, batch_size=self.settings.encoder.batch_size, device=self.settings.encoder.device
+        )
+        encoder = load_encoder(config)
+        self._check_encoder(encoder)
+        self._encoder = encoder
         return self._encoder
 
     def _check_encoder(self, encoder: Encoder) -> None:
@@ -146,19 +155,22 @@ class SearchPipeline:
 
     @property
     def reranker(self) -> Any:
-        if self._reranker is None:
-            from search_pipeline.rerank import CrossEncoderReranker
+        with self._load_lock:
+            return self._reranker or self._load_reranker()
 
-            model = self.config.rerank_model or (
-                self.info.encoder.model if self.info.encoder.kind == "ce-layer" else default_ce_model()
-            )
-            self._reranker = CrossEncoderReranker(
-                model,
-                batch_size=self.config.rerank_batch_size,
-                max_length=self.config.rerank_max_length,
-                dtype=self.config.rerank_dtype,
-                device=self.settings.encoder.device,
-            )
+    def _load_reranker(self) -> Any:
+        from search_pipeline.rerank import CrossEncoderReranker
+
+        model = self.config.rerank_model or (
+            self.info.encoder.model if self.info.encoder.kind == "ce-layer" else default_ce_model()
+        )
+        self._reranker = CrossEncoderReranker(
+            model,
+            batch_size=self.config.rerank_batch_size,
+            max_length=self.config.rerank_max_length,
+            dtype=self.config.rerank_dtype,
+            device=self.settings.encoder.device,
+        )
         return self._reranker
 
     # --- searching --------------------------------------------------------------------------

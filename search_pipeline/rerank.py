@@ -8,7 +8,13 @@ import numpy as np
 import torch
 
 from ceindex.encoders._assemble import InputAssembler
-from ceindex.encoders._runtime import length_sorted_batches, load_pretrained, prepare_model, resolve_device
+from ceindex.encoders._runtime import (
+    SerialTokenizer,
+    length_sorted_batches,
+    load_pretrained,
+    prepare_model,
+    resolve_device,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +40,7 @@ class CrossEncoderReranker:
         # each distinct text once and assemble the pairs (identical to the tokenizer's own pair encoding)
         self._assembler = InputAssembler.for_tokenizer(self.tokenizer, pair=True)
         self._input_names = set(self.tokenizer.model_input_names)
+        self._tokenize = SerialTokenizer(self.tokenizer)  # score() may run in several threads at once
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """Relevance scores in input order; pairs are batched by length for speed."""
@@ -42,7 +49,7 @@ class CrossEncoderReranker:
         ids: dict[str, list[int]] = {}
         if self._assembler is not None:
             distinct = list(dict.fromkeys(text for pair in pairs for text in pair))
-            ids = dict(zip(distinct, self.tokenizer(distinct, add_special_tokens=False, verbose=False)["input_ids"]))
+            ids = dict(zip(distinct, self._tokenize(distinct, add_special_tokens=False, verbose=False)["input_ids"]))
             lengths = [len(ids[q]) + len(ids[d]) for q, d in pairs]
         else:
             lengths = [len(q) + len(d) for q, d in pairs]
@@ -54,7 +61,7 @@ class CrossEncoderReranker:
                                                 second=[ids[pairs[i][1]] for i in batch])
                     encoded = {k: v.to(self.device) for k, v in assembled.items() if k in self._input_names}
                 else:
-                    encoded = self.tokenizer(
+                    encoded = self._tokenize(
                         [pairs[i][0] for i in batch],
                         [pairs[i][1] for i in batch],
                         padding=True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -12,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ceindex.encoders._assemble import InputAssembler
-from ceindex.encoders._runtime import check_texts, l2_normalize, length_sorted_batches, masked_mean
+from ceindex.encoders._runtime import SerialTokenizer, check_texts, l2_normalize, length_sorted_batches, masked_mean
 from ceindex.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,11 @@ class PoolingSpec:
 
 
 class Embedder:
-    """Runs a (possibly truncated) transformer and pools selected hidden-state layers."""
+    """Runs a (possibly truncated) transformer and pools selected hidden-state layers.
+
+    Safe to call from several threads at once (the search server and the Python API do): the tokenizer is
+    called under a lock and the forward pass keeps no per-call state on shared modules.
+    """
 
     def __init__(
         self,
@@ -59,6 +64,8 @@ class Embedder:
         self.model, self.tokenizer, self.spec = model, tokenizer, spec
         self.max_length, self.batch_size, self.device, self.depth = max_length, batch_size, device, depth
         self.stack_owner = stack_owner if stack_owner is not model else None
+        self._tokenize_call = SerialTokenizer(tokenizer)
+        self._capture = _EmbeddingCapture(self.stack_owner) if depth == 0 and self.stack_owner is not None else None
         self._n_special = tokenizer.num_special_tokens_to_add(pair=spec.self_pair)
         self._assembler = InputAssembler.for_tokenizer(tokenizer, pair=spec.self_pair)
         if self._assembler is None:
@@ -96,7 +103,7 @@ class Embedder:
 
     # ------------------------------------------------------------------ internals
     def _token_ids(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+        return self._tokenize_call(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
 
     def _log_truncation(self, lengths: list[int]) -> None:
         copies = 2 if self.spec.self_pair else 1
@@ -110,7 +117,7 @@ class Embedder:
         )
 
     def _tokenize(self, texts: list[str]):
-        return self.tokenizer(
+        return self._tokenize_call(
             texts,
             texts if self.spec.self_pair else None,
             truncation="longest_first",
@@ -154,27 +161,42 @@ class Embedder:
         return {layer: masked_mean(states, mask).cpu().numpy() for layer, states in self._forward(inputs, layers).items()}
 
     def _forward(self, inputs: dict[str, torch.Tensor], layers: Sequence[int]) -> dict[int, torch.Tensor]:
-        if self.depth == 0 and self.stack_owner is not None:
-            return {0: self._embedding_output(inputs)}
+        if self._capture is not None:
+            return {0: self._capture.run(self.model, inputs)}
         if list(layers) == [self.depth]:
             return {self.depth: self.model(**inputs).last_hidden_state}
         hidden_states = self.model(**inputs, output_hidden_states=True).hidden_states
         return {layer: hidden_states[layer] for layer in layers}
 
-    def _embedding_output(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        captured: list[torch.Tensor] = []
 
-        def grab(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+class _EmbeddingCapture:
+    """The embedding output of a model cut to depth 0, without running its (empty) layer stack.
+
+    Some families (DeBERTa-v2) cannot run an encoder with zero layers, so a forward pre-hook on the stack's owner
+    takes its input and ends the pass. The hook is registered ONCE and acts only for the thread that asked:
+    registering one per call on a shared module let concurrent calls capture each other's tensors.
+    """
+
+    def __init__(self, stack_owner: torch.nn.Module) -> None:
+        self._local = threading.local()
+        stack_owner.register_forward_pre_hook(self._grab, with_kwargs=True)
+
+    def _grab(self, _module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        captured = getattr(self._local, "captured", None)
+        if captured is not None:
             captured.append(args[0] if args else kwargs["hidden_states"])
             raise _Stop
 
-        handle = self.stack_owner.register_forward_pre_hook(grab, with_kwargs=True)  # type: ignore[union-attr]
+    def run(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        self._local.captured = captured = []
         try:
-            self.model(**inputs)
+            model(**inputs)
         except _Stop:
             pass
         finally:
-            handle.remove()
+            self._local.captured = None
+        if not captured:
+            raise RuntimeError("the embedding output was not captured (the layer stack never ran)")
         return captured[0]
 
 

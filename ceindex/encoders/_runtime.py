@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
@@ -33,6 +34,23 @@ def check_texts(texts: Sequence[Any]) -> list[str]:
         if not text.strip():
             raise InputError(f"text at index {i} is empty (or only whitespace); every text must have content")
     return out
+
+
+class SerialTokenizer:
+    """Calls a tokenizer one thread at a time.
+
+    A fast (Rust) tokenizer keeps its truncation/padding settings as mutable state that each call may reset;
+    two threads calling it at once fail with "Already borrowed". Tokenising is a small share of an encode,
+    so serialising it costs little and makes every encoder safe to share between threads.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._lock = threading.Lock()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return self.tokenizer(*args, **kwargs)
 
 
 # --------------------------------------------------------------------------- device / dtype
