@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+
+from ceindex.testing.opensearch_node import OpenSearchNode
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -54,3 +57,41 @@ def ceindex_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(autouse=True, scope="session")
 def _torch_threads() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# --- ONE real OpenSearch 2.19.1 node for the whole test session ---------------------------------------
+# ``opensearch_url`` (session) is its base URL; ``opensearch_node`` is the node itself, for kill/restart tests. If
+# the node cannot start, the fixtures raise (the tests ERROR); they never skip. Set CEINDEX_TEST_OPENSEARCH_URL to
+# run against an existing cluster instead (kill/restart tests are then skipped loudly).
+URL_ENV = "CEINDEX_TEST_OPENSEARCH_URL"
+
+
+@pytest.fixture(scope="session")
+def _session_opensearch_node() -> Iterator[OpenSearchNode | None]:
+    if os.environ.get(URL_ENV):
+        yield None
+        return
+    node = OpenSearchNode()
+    node.start()  # RuntimeError (with the node log tail) fails every test that needs the node
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def opensearch_url(_session_opensearch_node: OpenSearchNode | None) -> str:
+    if _session_opensearch_node is None:
+        return os.environ[URL_ENV].rstrip("/")
+    return _session_opensearch_node.url
+
+
+@pytest.fixture()
+def opensearch_node(_session_opensearch_node: OpenSearchNode | None) -> Iterator[OpenSearchNode]:
+    """The session's node; after the test it is running again (restarted on its data if a test killed it)."""
+    node = _session_opensearch_node
+    if node is None:
+        pytest.skip(f"SKIPPED LOUDLY: {URL_ENV} points at an external cluster; kill/restart tests need the test node")
+    yield node
+    if not node.running:
+        node.restart()
