@@ -8,6 +8,7 @@ import click
 
 from ceindex import __version__
 from ceindex.errors import CeindexError
+from ceindex.redact import RedactingFilter, redact
 
 
 class _Group(click.Group):
@@ -15,13 +16,13 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except CeindexError as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
+            click.secho(f"error: {redact(str(exc))}", fg="red", err=True)
             sys.exit(2)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="ceindex")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-v", "--verbose", count=True, help="More log output: -v debug for ceindex, -vv also for the libraries.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def cli(verbose: int, quiet: bool) -> None:
     """ceindex: use a cross-encoder as a fast first-stage retriever.
@@ -38,12 +39,15 @@ def cli(verbose: int, quiet: bool) -> None:
     (default ~/.ceindex). Models default to Hugging Face hub ids; point CEINDEX_CE_MODEL /
     CEINDEX_DE_MODEL at local folders on machines without the hub.
     """
-    level = logging.WARNING if quiet else (logging.INFO if verbose <= 1 else logging.DEBUG)
-    if not verbose and not quiet:
-        level = logging.INFO
+    level = logging.WARNING if quiet else (logging.INFO if not verbose else logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("opensearch", "urllib3", "httpx", "transformers", "sentence_transformers", "bm25s"):
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
+    for noisy in ("httpx", "transformers", "sentence_transformers", "bm25s"):
         logging.getLogger(noisy).setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
+    # each failed cluster request is logged there with a full traceback; ceindex logs one line per retry instead
+    for chatty in ("opensearch", "urllib3"):
+        logging.getLogger(chatty).setLevel(logging.ERROR if verbose < 2 else logging.DEBUG)
 
 
 def _register() -> None:

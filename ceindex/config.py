@@ -49,7 +49,8 @@ class BuildConfig:
     id_field: str = _opt("_id", "--id-field", "Field (JSONL) or column (CSV/TSV) holding the document id.")
     text_field: str = _opt("text", "--text-field", "Field or column holding the document text.")
     title_field: str = _opt("title", "--title-field", "Field or column holding the title (optional in the data).")
-    allow_rejects: bool = _opt(False, "--allow-rejects/--no-allow-rejects", "Exit 0 even when some documents were rejected.")
+    allow_rejects: bool = _opt(False, "--allow-rejects/--no-allow-rejects", "Publish the build (move the alias to it) and exit 0 even when some rows were rejected.")
+    allow_empty: bool = _opt(False, "--allow-empty/--no-allow-empty", "Publish a build that holds 0 documents (otherwise it is kept unpublished and the alias stays).")
 
 
 @dataclass(frozen=True)

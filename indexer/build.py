@@ -4,6 +4,11 @@ The corpus is read once, in order. Every ``encode_batch_docs`` records form one 
 embedded while the previous batch is still being written, and once a batch is written the position reached in
 the corpus is committed with the backend. A rerun of the same command finds the unfinished build and skips the
 committed records (still validating them, so the summary and the rejects file cover the whole corpus).
+
+The whole build holds the index's build lock. The alias moves to the new build only when it is good: the count
+check holds, it has documents (unless ``allow_empty``) and no row was rejected (unless ``allow_rejects``).
+A build held back stays sealed and unpublished; rerunning the same command (with the allow flag) publishes it
+without encoding anything again.
 """
 from __future__ import annotations
 
@@ -19,10 +24,11 @@ from typing import Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from ceindex.backends.base import Backend, BuildState, IndexSettings, new_physical_name
+from ceindex.backends.base import Backend, BuildState, IndexSettings
+from ceindex.backends.names import index_name, physical_name
 from ceindex.config import BuildConfig
 from ceindex.data.corpus import Document, Rejected, read_documents
-from ceindex.encoders.base import Encoder
+from ceindex.encoders.base import Encoder, EncoderDescription
 from ceindex.errors import EncoderMismatchError
 
 logger = logging.getLogger(__name__)
@@ -38,6 +44,9 @@ class BuildSummary:
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
     rejects_file: str | None = None
     resumed_from: int = 0
+    encoded: int = 0  # documents embedded by this run (a resume skips the committed ones)
+    published: bool = False
+    held_back: str | None = None  # why the alias was not moved to this build
     seconds: float = 0.0
     docs_per_s: float = 0.0
     read_s: float = 0.0
@@ -91,8 +100,32 @@ def build_index(
     prune: bool = False,
     progress: bool = True,
 ) -> BuildSummary:
+    """Build ``alias`` from ``corpus``: lock, load (or resume), seal, publish only if good, prune on request."""
     started = time.perf_counter()
-    description = encoder.describe()
+    index_name(alias)
+    with backend.build_lock(alias):
+        description = encoder.describe()
+        _check_alias_encoder(backend, alias, description)
+        settings = IndexSettings(build.knn_m, build.knn_ef_construction, build.shards, build.replicas)
+        state = _open_build(backend, alias, description, corpus_fingerprint(corpus, build), settings)
+        summary = BuildSummary(index=alias, physical=state.physical, resumed_from=state.committed)
+        rejects = _load(backend, encoder, corpus, build, state, summary, progress)
+        summary.indexed = backend.seal(state, settings)
+        _record_rejects(rejects, rejects_path, summary)
+        summary.held_back = _publish_blocker(summary, build)
+        if summary.held_back is None:
+            backend.publish(state)
+            summary.published = True
+        else:
+            logger.error("not published: %s", summary.held_back)
+        if prune and summary.published:
+            summary.pruned = backend.prune(alias)
+    summary.seconds = time.perf_counter() - started
+    summary.docs_per_s = summary.encoded / summary.seconds if summary.seconds > 0 else 0.0
+    return summary
+
+
+def _check_alias_encoder(backend: Backend, alias: str, description: EncoderDescription) -> None:
     current = backend.current_encoder(alias)
     if current is not None and current.differences(description):
         diffs = "; ".join(f"{k}: index has {a!r}, requested {b!r}" for k, (a, b) in current.differences(description).items())
@@ -100,22 +133,37 @@ def build_index(
             f"index '{alias}' was built with a different encoder ({diffs}); nothing was written. "
             "Build under a new --index name, or use the encoder the index records."
         )
-    settings = IndexSettings(build.knn_m, build.knn_ef_construction, build.shards, build.replicas)
-    fingerprint = corpus_fingerprint(corpus, build)
+
+
+def _open_build(
+    backend: Backend, alias: str, description: EncoderDescription, fingerprint: str, settings: IndexSettings
+) -> BuildState:
     state = backend.find_resumable(alias, description, fingerprint)
     if state is None:
-        state = BuildState(new_physical_name(alias), alias, description, fingerprint)
+        state = BuildState(physical_name(alias), alias, description, fingerprint)
         backend.create(state, settings)
         logger.info("building %s into %s", alias, state.physical)
     else:
-        logger.info("resuming %s: %d corpus records already committed", state.physical, state.committed)
-    summary = BuildSummary(index=alias, physical=state.physical, resumed_from=state.committed)
+        logger.info("resuming %s (%s): %d corpus records already committed", state.physical, state.status, state.committed)
+    return state
+
+
+def _load(
+    backend: Backend,
+    encoder: Encoder,
+    corpus: Path,
+    build: BuildConfig,
+    state: BuildState,
+    summary: BuildSummary,
+    progress: bool,
+) -> list[Rejected]:
+    """Read, validate, embed and write the corpus in committed batches (embedding overlaps the previous write)."""
     rejects: list[Rejected] = []
     first_line: dict[str, int] = {}
     read_timer = [0.0]
     position = 0
     records = read_documents(corpus, id_field=build.id_field, text_field=build.text_field, title_field=build.title_field)
-    bar = tqdm(desc=f"build {alias}", unit="doc", disable=not progress, initial=0)
+    bar = tqdm(desc=f"build {state.alias}", unit="doc", disable=not progress, initial=0)
 
     def write(docs: list[Document], vectors: np.ndarray, end: int) -> tuple[list[Rejected], float]:
         begin = time.perf_counter()
@@ -139,22 +187,25 @@ def build_index(
                 if position > state.committed:
                     good.append(record)
             summary.read = position
+            bar.update(len(batch))
             if position <= state.committed:
-                bar.update(len(batch))
                 continue
             begin = time.perf_counter()
-            vectors = encoder.encode([d.body for d in good]) if good else np.zeros((0, description.dims), np.float32)
+            vectors = encoder.encode([d.body for d in good]) if good else np.zeros((0, state.encoder.dims), np.float32)
             summary.encode_s += time.perf_counter() - begin
+            summary.encoded += len(good)
             if pending is not None:
                 _collect(pending, rejects, summary)
             pending = writer.submit(write, good, vectors, position)
-            bar.update(len(batch))
             bar.set_postfix(rejected=len(rejects))
         if pending is not None:
             _collect(pending, rejects, summary)
     bar.close()
     summary.read_s = read_timer[0]
-    summary.indexed = backend.finish(state, settings)
+    return rejects
+
+
+def _record_rejects(rejects: list[Rejected], rejects_path: Path, summary: BuildSummary) -> None:
     summary.rejected = len(rejects)
     for reject in rejects:
         kind = _reason_kind(reject.reason)
@@ -165,16 +216,21 @@ def build_index(
             for reject in rejects:
                 handle.write(json.dumps(reject.to_dict(), ensure_ascii=False) + "\n")
         summary.rejects_file = str(rejects_path)
-    if prune:
-        summary.pruned = backend.prune(alias)
-    summary.seconds = time.perf_counter() - started
-    summary.docs_per_s = (summary.indexed - 0) / summary.seconds if summary.seconds > 0 else 0.0
+
+
+def _publish_blocker(summary: BuildSummary, build: BuildConfig) -> str | None:
+    """Why this build must not replace what the alias serves now, or None when it may."""
+    keep = (f"index {summary.physical} is kept unpublished and '{summary.index}' still serves what it served before")
     if not summary.count_ok:
-        logger.error(
-            "count check failed: index holds %d documents, expected read %d - rejected %d = %d",
-            summary.indexed, summary.read, summary.rejected, summary.read - summary.rejected,
-        )
-    return summary
+        return (f"count check failed: the index holds {summary.indexed} documents, expected read {summary.read} - "
+                f"rejected {summary.rejected} = {summary.read - summary.rejected}; {keep}")
+    if summary.indexed == 0 and not build.allow_empty:
+        return (f"the build holds 0 documents (read {summary.read} rows, rejected {summary.rejected}); {keep}. "
+                "Check --text-field/--id-field, or pass --allow-empty to publish an empty index")
+    if summary.rejected and not build.allow_rejects:
+        return (f"{summary.rejected} row(s) were rejected (see {summary.rejects_file}); {keep}. Fix them and rerun, "
+                "or rerun the same command with --allow-rejects to publish this build (nothing is encoded again)")
+    return None
 
 
 def _collect(pending: Future, rejects: list[Rejected], summary: BuildSummary) -> None:

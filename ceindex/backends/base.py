@@ -6,8 +6,9 @@ the physical index, which is what makes a rerun of the same build resume instead
 """
 from __future__ import annotations
 
-import time
+import logging
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -16,7 +17,11 @@ import numpy as np
 from ceindex.data.corpus import Document, Rejected
 from ceindex.encoders.base import EncoderDescription
 
+logger = logging.getLogger(__name__)
+
 MAPPING_VERSION = 1
+# A build is "building" while batches are written and "complete" once sealed (settings restored, counted); it
+# serves under its alias only after publish(), which the build does only when the result is good.
 BUILDING, COMPLETE = "building", "complete"
 
 
@@ -78,10 +83,6 @@ class IndexInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def new_physical_name(alias: str) -> str:
-    return f"{alias}-{time.strftime('%Y%m%dt%H%M%S', time.gmtime())}{int(time.time() * 1000) % 1000:03d}"
-
-
 class Backend(ABC):
     """Where documents and vectors live; used by ``ceindex build`` and the search pipeline."""
 
@@ -91,18 +92,33 @@ class Backend(ABC):
         """``{physical index: recorded metadata}`` of every physical index built for ``alias``."""
 
     def find_resumable(self, alias: str, encoder: EncoderDescription, corpus_fingerprint: str) -> BuildState | None:
-        """The newest unfinished build of ``alias`` with the same encoder and corpus, if there is one."""
+        """The newest unpublished build of ``alias`` with the same corpus and EXACTLY the same encoder settings
+        (incl. max length and dtype, so a resume never mixes vectors): unfinished, or sealed but never published
+        (a crash before the alias moved, or a publish held back for rejects)."""
+        published = self.alias_target(alias)
         for physical, meta in sorted(self.build_metas(alias).items(), reverse=True):
-            if meta.get("alias") != alias or "encoder" not in meta:
+            if meta.get("alias") != alias or "encoder" not in meta or physical == published:
                 continue
             state = BuildState.from_meta(physical, meta)
-            if (
-                state.status == BUILDING
-                and state.corpus_fingerprint == corpus_fingerprint
-                and not state.encoder.differences(encoder)
-            ):
-                return state
+            if state.corpus_fingerprint != corpus_fingerprint:
+                continue
+            diffs = state.encoder.build_differences(encoder)
+            if diffs:
+                detail = "; ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in diffs.items())
+                logger.warning("not resuming %s: it was built with other encoder settings (%s); starting a new build "
+                               "(--prune deletes the old one after a successful build)", physical, detail)
+                continue
+            return state
         return None
+
+    @abstractmethod
+    def alias_target(self, alias: str) -> str | None:
+        """The physical index ``alias`` points at, or None."""
+
+    @abstractmethod
+    def build_lock(self, alias: str) -> AbstractContextManager[None]:
+        """Held for the whole build of ``alias``: a second builder of the same alias gets a BackendError naming
+        the holder, and a builder that died (killed process, lost heartbeat) does not block the next one."""
 
     @abstractmethod
     def current_encoder(self, alias: str) -> EncoderDescription | None:
@@ -121,12 +137,18 @@ class Backend(ABC):
         """Make everything written so far durable and record ``state.committed``."""
 
     @abstractmethod
-    def finish(self, state: BuildState, settings: IndexSettings) -> int:
-        """Restore serving settings, point the alias at the build, mark it complete; return the doc count."""
+    def seal(self, state: BuildState, settings: IndexSettings) -> int:
+        """Restore serving settings, make everything searchable, mark the build complete; return the doc count.
+        Idempotent, and the alias is NOT moved."""
+
+    @abstractmethod
+    def publish(self, state: BuildState) -> None:
+        """Point the alias at the sealed build (atomically replacing what it pointed at)."""
 
     @abstractmethod
     def prune(self, alias: str) -> list[str]:
-        """Delete physical indexes of ``alias`` that the alias no longer points at; return their names."""
+        """Delete physical indexes recorded as builds of exactly ``alias`` (by name and metadata) that the alias no
+        longer points at; never another alias's indexes. Return their names."""
 
     # --- searching --------------------------------------------------------------------------
     @abstractmethod

@@ -11,14 +11,18 @@ Why these parts:
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import shutil
+import socket
 import sqlite3
 import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -30,6 +34,7 @@ from ceindex.backends.base import (
     IndexInfo,
     IndexSettings,
 )
+from ceindex.backends.names import index_name, is_physical_of, looks_physical, searchable_name
 from ceindex.data.corpus import Document, Rejected
 from ceindex.encoders.base import EncoderDescription
 from ceindex.errors import BackendError
@@ -99,17 +104,29 @@ class EmbeddedBackend(Backend):
         self._load_lock = threading.Lock()
 
     # --- names ------------------------------------------------------------------------------
-    def _folder(self, physical: str) -> Path:
-        return self.indexes_dir / physical
+    def _inside(self, parent: Path, child: str) -> Path:
+        """``parent / child``, refusing anything that would resolve outside ``parent`` (defence in depth: the
+        name rules already forbid separators and dot-names)."""
+        path = parent / child
+        if Path(os.path.abspath(path)).parent != Path(os.path.abspath(parent)):
+            raise BackendError(f"index name {child!r} would leave the store {self.home}")
+        return path
 
-    def _alias_target(self, alias: str) -> str | None:
-        path = self.aliases_dir / f"{alias}.json"
+    def _folder(self, physical: str) -> Path:
+        return self._inside(self.indexes_dir, searchable_name(physical))
+
+    def _alias_file(self, alias: str) -> Path:
+        return self._inside(self.aliases_dir, index_name(alias) + ".json")
+
+    def alias_target(self, alias: str) -> str | None:
+        path = self._alias_file(alias)
         if not path.is_file():
             return None
         return json.loads(path.read_text(encoding="utf-8"))["physical"]
 
     def _resolve(self, name: str) -> str:
-        target = self._alias_target(name)
+        name = searchable_name(name)
+        target = None if looks_physical(name) else self.alias_target(name)
         if target is not None:
             return target
         if (self._folder(name) / "meta.json").is_file():
@@ -127,8 +144,9 @@ class EmbeddedBackend(Backend):
 
     def build_metas(self, alias: str) -> dict[str, dict[str, Any]]:
         metas: dict[str, dict[str, Any]] = {}
-        for folder in self.indexes_dir.glob(f"{alias}-*") if self.indexes_dir.is_dir() else []:
-            if (folder / "docs.sqlite").is_file():
+        folders = self.indexes_dir.glob(f"{index_name(alias)}-*") if self.indexes_dir.is_dir() else []
+        for folder in folders:
+            if is_physical_of(folder.name, alias) and (folder / "docs.sqlite").is_file():
                 db = sqlite3.connect(folder / "docs.sqlite")
                 try:
                     metas[folder.name] = self._read_meta_table(db)
@@ -136,8 +154,35 @@ class EmbeddedBackend(Backend):
                     db.close()
         return metas
 
+    @contextmanager
+    def build_lock(self, alias: str) -> Iterator[None]:
+        """An exclusive ``flock`` on ``locks/ALIAS.lock``: the kernel drops it when the holder dies, so a killed
+        build never blocks the next one; the file names the holder for the error message."""
+        locks = self.home / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        path = self._inside(locks, index_name(alias) + ".lock")
+        with open(path, "a+", encoding="utf-8") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise BackendError(
+                    f"index '{alias}' is being built right now by {holder}; wait for that build to finish "
+                    "(or stop it) — two builders of one index would overwrite each other"
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
+            handle.flush()
+            try:
+                yield
+            finally:
+                handle.truncate(0)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def current_encoder(self, alias: str) -> EncoderDescription | None:
-        physical = self._alias_target(alias)
+        physical = self.alias_target(alias)
         if physical is None:
             return None
         meta = json.loads((self._folder(physical) / "meta.json").read_text(encoding="utf-8"))
@@ -174,7 +219,7 @@ class EmbeddedBackend(Backend):
         db.execute("INSERT OR REPLACE INTO meta VALUES ('state', ?)", (json.dumps(state.to_meta()),))
         db.commit()
 
-    def finish(self, state: BuildState, settings: IndexSettings) -> int:
+    def seal(self, state: BuildState, settings: IndexSettings) -> int:
         bm25s = import_bm25s()
         db = self._writer(state)
         folder = self._folder(state.physical)
@@ -201,18 +246,20 @@ class EmbeddedBackend(Backend):
         self._writers.pop(state.physical, None)
         meta = state.to_meta() | {"count": len(ids)}
         _atomic_write(folder / "meta.json", json.dumps(meta, indent=2))
-        self.aliases_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.aliases_dir / f"{state.alias}.json", json.dumps({"physical": state.physical}))
-        logger.info("alias %s -> %s (%d documents)", state.alias, state.physical, len(ids))
         return len(ids)
 
+    def publish(self, state: BuildState) -> None:
+        self.aliases_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self._alias_file(state.alias), json.dumps({"physical": state.physical}))
+        logger.info("alias %s -> %s", state.alias, state.physical)
+
     def prune(self, alias: str) -> list[str]:
-        current = self._alias_target(alias)
+        current = self.alias_target(alias)
         removed = []
-        for folder in sorted(self.indexes_dir.glob(f"{alias}-*")) if self.indexes_dir.is_dir() else []:
-            if folder.name != current and folder.name not in self._writers:
-                shutil.rmtree(folder)
-                removed.append(folder.name)
+        for physical, meta in sorted(self.build_metas(alias).items()):
+            if physical != current and physical not in self._writers and meta.get("alias") == alias:
+                shutil.rmtree(self._folder(physical))
+                removed.append(physical)
         return removed
 
     # --- searching --------------------------------------------------------------------------

@@ -2,24 +2,64 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import threading
+import time
+from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from ceindex.backends.base import COMPLETE, Backend, BuildState, Hit, IndexInfo, IndexSettings
+from ceindex.backends.names import LOCKS_INDEX, index_name, is_physical_of, searchable_name
 from ceindex.config import OpenSearchConfig, opensearch_credentials
 from ceindex.data.corpus import Document, Rejected
 from ceindex.encoders.base import EncoderDescription
 from ceindex.errors import BackendError
+from ceindex.redact import redact
 from mappings import index_body
 
 logger = logging.getLogger(__name__)
 
 SOURCE_FIELDS = ["doc_id", "title", "text", "metadata"]
+RETRY_STATUSES = (429, 502, 503, 504)
+LOCK_HEARTBEAT_S, LOCK_STALE_S = 10.0, 60.0
+_HELD_LOCKS: set[str] = set()  # aliases whose build lock this process holds
+
+
+def _backoff_transport() -> type:
+    from opensearchpy import Transport
+    from opensearchpy.exceptions import ConnectionError as OSConnectionError
+    from opensearchpy.exceptions import ConnectionTimeout, TransportError
+
+    class BackoffTransport(Transport):
+        """opensearch-py's transport retries at once (a dead node saw 5 retries within a millisecond); this one
+        waits 0.5 s, 1 s, 2 s, ... (at most 10 s) between attempts and logs one line per retry."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.retries, self.max_retries = self.max_retries, 0
+
+        def perform_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            for attempt in range(self.retries + 1):
+                try:
+                    return super().perform_request(method, url, *args, **kwargs)
+                except TransportError as exc:
+                    retryable = isinstance(exc, (OSConnectionError, ConnectionTimeout)) or exc.status_code in RETRY_STATUSES
+                    if not retryable or attempt == self.retries:
+                        raise
+                    delay = min(10.0, 0.5 * 2**attempt)
+                    logger.warning("OpenSearch %s %s failed (%s); retry %d of %d in %.1f s",
+                                   method, url, type(exc).__name__, attempt + 1, self.retries, delay)
+                    time.sleep(delay)
+            raise AssertionError("unreachable")
+
+    return BackoffTransport
 
 
 def make_client(config: OpenSearchConfig) -> Any:
-    """An opensearch-py client that retries timeouts and 5xx at the transport level."""
+    """An opensearch-py client that retries timeouts, 429 and 5xx with exponential backoff."""
     from opensearchpy import OpenSearch
 
     if not config.url:
@@ -34,12 +74,14 @@ def make_client(config: OpenSearchConfig) -> Any:
         timeout=config.timeout,
         max_retries=config.max_retries,
         retry_on_timeout=True,
-        retry_on_status=(502, 503, 504),
+        retry_on_status=RETRY_STATUSES,
+        transport_class=_backoff_transport(),
         http_compress=True,
     )
 
 
 def _translate(exc: Exception, url: str, action: str) -> BackendError:
+    url = redact(url)
     from opensearchpy import exceptions as osx
 
     if isinstance(exc, osx.AuthenticationException):
@@ -51,6 +93,11 @@ def _translate(exc: Exception, url: str, action: str) -> BackendError:
         return BackendError(f"OpenSearch at {url} denied permission while {action} (HTTP 403): {exc.error}")
     if isinstance(exc, osx.ConnectionTimeout):
         return BackendError(f"OpenSearch at {url} timed out while {action}; raise --timeout or check the cluster")
+    if isinstance(exc, osx.SSLError) and _plain_http_answer(exc):
+        return BackendError(
+            f"{url} does not speak TLS (the server answered in plain HTTP) while {action}; "
+            f"use {url.replace('https://', 'http://', 1)} instead"
+        )
     if isinstance(exc, osx.SSLError):
         return BackendError(
             f"TLS failure talking to {url} while {action}: {exc.info if hasattr(exc, 'info') else exc}; "
@@ -59,8 +106,14 @@ def _translate(exc: Exception, url: str, action: str) -> BackendError:
     if isinstance(exc, osx.ConnectionError):
         return BackendError(f"cannot reach OpenSearch at {url} while {action}: is the cluster running?")
     if isinstance(exc, osx.TransportError):
-        return BackendError(f"OpenSearch at {url} failed while {action}: HTTP {exc.status_code} {exc.error}: {exc.info}")
-    return BackendError(f"OpenSearch at {url} failed while {action}: {exc}")
+        return BackendError(redact(f"OpenSearch at {url} failed while {action}: HTTP {exc.status_code} {exc.error}: {exc.info}"))
+    return BackendError(redact(f"OpenSearch at {url} failed while {action}: {exc}"))
+
+
+def _plain_http_answer(exc: Exception) -> bool:
+    """Whether a TLS handshake failed because the port speaks plain HTTP (OpenSSL: wrong version number)."""
+    text = f"{exc} {getattr(exc, 'info', '')}".lower()
+    return "wrong version number" in text or "record layer failure" in text or "http request" in text
 
 
 class OpenSearchBackend(Backend):
@@ -75,7 +128,7 @@ class OpenSearchBackend(Backend):
         self.config = config
         self.chunk_docs = chunk_docs
         self.chunk_bytes = chunk_bytes
-        self.url = config.url or ""
+        self.url = redact(config.url or "")  # for messages: never the credentials
         self.client = client or make_client(config)
         self._neural_search: bool | None = None
         self._pipelines: set[str] = set()
@@ -104,20 +157,26 @@ class OpenSearchBackend(Backend):
         return {name: body.get("mappings", {}).get("_meta", {}) for name, body in mappings.items()}
 
     def build_metas(self, alias: str) -> dict[str, dict[str, Any]]:
-        return self._metas(f"{alias}-*")
+        metas = self._metas(f"{index_name(alias)}-*")
+        return {name: meta for name, meta in metas.items() if is_physical_of(name, alias)}
 
     def _alias_targets(self, alias: str) -> list[str]:
         from opensearchpy import NotFoundError
 
         try:
-            found = self.client.indices.get_alias(name=alias)
+            found = self.client.indices.get_alias(name=index_name(alias))
         except NotFoundError:
             return []
         except Exception as exc:  # noqa: BLE001
             raise _translate(exc, self.url, f"reading alias {alias}") from exc
         return sorted(found)
 
+    def alias_target(self, alias: str) -> str | None:
+        targets = self._alias_targets(alias)
+        return targets[-1] if targets else None
+
     def current_encoder(self, alias: str) -> EncoderDescription | None:
+        index_name(alias)
         if self._call("checking the index name", self.client.indices.exists, index=alias) and not self._alias_targets(alias):
             raise BackendError(
                 f"'{alias}' is a concrete index on {self.url}, not a ceindex alias; choose another --index name "
@@ -130,6 +189,112 @@ class OpenSearchBackend(Backend):
         if "encoder" not in meta:
             raise BackendError(f"index {targets[0]} behind alias '{alias}' has no ceindex metadata (_meta.encoder)")
         return EncoderDescription.from_dict(meta["encoder"])
+
+    # --- the build lock: one document per alias in LOCKS_INDEX, created atomically, kept alive by a heartbeat ---
+    @contextmanager
+    def build_lock(self, alias: str) -> Iterator[None]:
+        """A lock document ``LOCKS_INDEX/_doc/ALIAS`` (created with op_type=create, so only one builder gets it),
+        refreshed every LOCK_HEARTBEAT_S by a thread; one whose heartbeat is older than LOCK_STALE_S belongs to a
+        builder that died and is taken over (compare-and-set on its sequence number)."""
+        index_name(alias)
+        self._ensure_locks_index()
+        version = self._acquire_lock(alias)
+        _HELD_LOCKS.add(alias)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(alias, version, stop), daemon=True,
+                                name=f"ceindex-lock-{alias}")
+        beat.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            beat.join(timeout=5)
+            _HELD_LOCKS.discard(alias)
+            self._release_lock(alias)
+
+    def _lock_body(self) -> dict[str, Any]:
+        return {"owner": f"pid {os.getpid()} on {socket.gethostname()}", "pid": os.getpid(),
+                "host": socket.gethostname(), "heartbeat": time.time(),
+                "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+    @staticmethod
+    def _holder_gone(alias: str, holder: dict[str, Any]) -> bool:
+        """Whether a lock's holder is known dead: a process of this host that no longer runs, or this very
+        process when it does not hold the lock (its earlier build failed and could not release it)."""
+        if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+            return False
+        if holder["pid"] == os.getpid():
+            return alias not in _HELD_LOCKS
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def _ensure_locks_index(self) -> None:
+        from opensearchpy import RequestError
+
+        if self._call("checking the build-lock index", self.client.indices.exists, index=LOCKS_INDEX):
+            return
+        body = {"settings": {"index": {"number_of_shards": 1, "auto_expand_replicas": "0-1"}},
+                "mappings": {"dynamic": False, "properties": {"heartbeat": {"type": "double"}}}}
+        try:
+            self.client.indices.create(index=LOCKS_INDEX, body=body)
+        except RequestError as exc:  # created by a concurrent builder in between
+            if "already_exists" not in str(exc):
+                raise _translate(exc, self.url, "creating the build-lock index") from exc
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc, self.url, "creating the build-lock index") from exc
+
+    def _acquire_lock(self, alias: str) -> tuple[int, int]:
+        from opensearchpy import ConflictError
+
+        try:
+            done = self.client.index(index=LOCKS_INDEX, id=alias, body=self._lock_body(), op_type="create", refresh=True)
+            return done["_seq_no"], done["_primary_term"]
+        except ConflictError:
+            pass
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc, self.url, f"taking the build lock of {alias}") from exc
+        held = self._call(f"reading the build lock of {alias}", self.client.get, index=LOCKS_INDEX, id=alias)
+        age = time.time() - float(held["_source"].get("heartbeat", 0))
+        holder = held["_source"].get("owner", "another builder")
+        if age < LOCK_STALE_S and not self._holder_gone(alias, held["_source"]):
+            raise BackendError(
+                f"index '{alias}' is being built right now by {holder} (since {held['_source'].get('since', '?')}, "
+                f"last heartbeat {age:.0f} s ago); wait for that build to finish or stop it — two builders of one "
+                "index would overwrite each other"
+            )
+        logger.warning("taking over the build lock of %s from %s (that builder died; last heartbeat %.0f s ago)",
+                       alias, holder, age)
+        try:
+            done = self.client.index(index=LOCKS_INDEX, id=alias, body=self._lock_body(), refresh=True,
+                                     if_seq_no=held["_seq_no"], if_primary_term=held["_primary_term"])
+        except ConflictError:
+            raise BackendError(f"another builder took the lock of '{alias}' at the same moment; try again") from None
+        return done["_seq_no"], done["_primary_term"]
+
+    def _heartbeat(self, alias: str, version: tuple[int, int], stop: threading.Event) -> None:
+        while not stop.wait(LOCK_HEARTBEAT_S):
+            try:
+                done = self.client.index(index=LOCKS_INDEX, id=alias, body=self._lock_body(),
+                                         if_seq_no=version[0], if_primary_term=version[1])
+                version = (done["_seq_no"], done["_primary_term"])
+            except Exception as exc:  # noqa: BLE001 - the build itself reports a dead cluster
+                logger.debug("build lock heartbeat of %s failed: %s", alias, exc)
+
+    def _release_lock(self, alias: str) -> None:
+        from opensearchpy import NotFoundError
+
+        try:
+            self.client.delete(index=LOCKS_INDEX, id=alias, refresh=True)
+        except NotFoundError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - a stale lock is taken over after LOCK_STALE_S
+            logger.warning("could not release the build lock of %s (%s); it expires after %.0f s",
+                           alias, redact(str(exc)), LOCK_STALE_S)
 
     def create(self, state: BuildState, settings: IndexSettings) -> None:
         body = index_body(
@@ -198,7 +363,7 @@ class OpenSearchBackend(Backend):
             body={"_meta": state.to_meta()},
         )
 
-    def finish(self, state: BuildState, settings: IndexSettings) -> int:
+    def seal(self, state: BuildState, settings: IndexSettings) -> int:
         physical = state.physical
         self._call(
             "restoring index settings",
@@ -210,17 +375,20 @@ class OpenSearchBackend(Backend):
         count = int(self._call("counting", self.client.count, index=physical)["count"])
         state.status = COMPLETE
         self.commit(state)
+        return count
+
+    def publish(self, state: BuildState) -> None:
+        physical = state.physical
         actions: list[dict[str, Any]] = [
             {"remove": {"index": old, "alias": state.alias}} for old in self._alias_targets(state.alias) if old != physical
         ]
         actions.append({"add": {"index": physical, "alias": state.alias}})
         self._call(f"moving alias {state.alias}", self.client.indices.update_aliases, body={"actions": actions})
-        logger.info("alias %s -> %s (%d documents)", state.alias, physical, count)
-        return count
+        logger.info("alias %s -> %s", state.alias, physical)
 
     def prune(self, alias: str) -> list[str]:
         current = set(self._alias_targets(alias))
-        old = [name for name, meta in self._metas(f"{alias}-*").items() if meta.get("alias") == alias and name not in current]
+        old = [name for name, meta in self.build_metas(alias).items() if meta.get("alias") == alias and name not in current]
         for name in sorted(old):
             self._call(f"deleting {name}", self.client.indices.delete, index=name)
         return sorted(old)
@@ -229,6 +397,7 @@ class OpenSearchBackend(Backend):
     def info(self, name: str) -> IndexInfo:
         from opensearchpy import NotFoundError
 
+        searchable_name(name)
         try:
             mapping = self.client.indices.get_mapping(index=name)
         except NotFoundError:
@@ -245,6 +414,7 @@ class OpenSearchBackend(Backend):
         return IndexInfo(name=name, physical=physical, encoder=EncoderDescription.from_dict(meta["encoder"]), count=count)
 
     def _msearch(self, name: str, bodies: list[dict[str, Any]], action: str) -> list[list[Hit]]:
+        searchable_name(name)
         if not bodies:
             return []
         lines: list[dict[str, Any]] = []
@@ -326,6 +496,7 @@ class OpenSearchBackend(Backend):
         if not self.server_fusion(method, weights, rrf_k):
             raise BackendError(f"OpenSearch at {self.url} cannot fuse '{method}' server-side (neural-search plugin missing)")
         pipeline_id = self._search_pipeline(method, weights, rrf_k)
+        searchable_name(name)
         results = []
         for query, vector in zip(queries, np.atleast_2d(vectors)):
             body = {
@@ -343,6 +514,7 @@ class OpenSearchBackend(Backend):
         return results
 
     def fetch(self, name: str, ids: Sequence[str]) -> dict[str, Document]:
+        searchable_name(name)
         if not ids:
             return {}
         response = self._call("fetching documents", self.client.mget, index=name, body={"ids": list(ids)}, _source_includes=SOURCE_FIELDS)

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from ceindex.commands._options import settings_from_params, settings_options
+from ceindex.redact import redact
 
 
 @click.command()
@@ -35,8 +36,16 @@ def build_command(data_dir: str | None, corpus_file: str | None, rejects_file: s
     Without --opensearch the index is written to the embedded store under $CEINDEX_HOME.
     Each build goes into a fresh NAME-<timestamp> index; NAME is then pointed at it, so
     searches never see a half-built index. Rerunning the same command after a crash resumes.
-    Bad rows are reported (file, line, reason) and the good ones still indexed; the exit
-    status is 1 when anything was rejected unless --allow-rejects.
+    Bad rows are reported (file, line, reason) and the good ones still indexed.
+
+    \b
+    NAME moves to the new build only when it is good; otherwise the build is kept
+    unpublished, NAME keeps serving what it served, and the exit status is 1:
+      - any row rejected        -> fix the rows, or rerun the same command with --allow-rejects
+      - 0 documents indexed     -> check --text-field/--id-field, or pass --allow-empty
+      - count check failed      -> rerun the same command (it resumes)
+    Rerunning a held-back build with the allow flag publishes it without encoding again.
+    One build of an index runs at a time; a second one stops with an error naming the first.
     """
     from ceindex.backends import open_backend
     from ceindex.data.corpus import corpus_path
@@ -56,7 +65,7 @@ def build_command(data_dir: str | None, corpus_file: str | None, rejects_file: s
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))
     else:
-        target = settings.opensearch.url or f"embedded store {settings.home_path}"
+        target = redact(settings.opensearch.url) if settings.opensearch.url else f"embedded store {settings.home_path}"
         click.echo(f"index {summary.index} -> {summary.physical} on {target}")
         if summary.resumed_from:
             click.echo(f"resumed after {summary.resumed_from} committed records")
@@ -69,7 +78,11 @@ def build_command(data_dir: str | None, corpus_file: str | None, rejects_file: s
             click.echo(f"rejected rows: {summary.rejects_file}")
         click.echo("count check: " + ("ok" if summary.count_ok else
                    f"FAILED (index holds {summary.indexed}, expected {summary.read - summary.rejected})"))
+        if summary.published:
+            click.echo(f"published: {summary.index} now serves {summary.physical}")
+        else:
+            click.echo(f"NOT published: {summary.held_back}")
         for name in summary.pruned:
             click.echo(f"pruned {name}")
-    if not summary.count_ok or (summary.rejected and not settings.build.allow_rejects):
+    if not summary.published:
         sys.exit(1)

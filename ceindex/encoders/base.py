@@ -47,9 +47,19 @@ class EncoderDescription:
             "normalized": self.normalized,
         }
 
+    def build_key(self) -> dict[str, Any]:
+        """Everything that changes a document's vector: one build never mixes two of these."""
+        return self.compatibility_key() | {"max_length": self.max_length, "dtype": self.dtype}
+
     def differences(self, other: "EncoderDescription") -> dict[str, tuple[Any, Any]]:
-        mine, theirs = self.compatibility_key(), other.compatibility_key()
-        return {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]}
+        return _diff(self.compatibility_key(), other.compatibility_key())
+
+    def build_differences(self, other: "EncoderDescription") -> dict[str, tuple[Any, Any]]:
+        return _diff(self.build_key(), other.build_key())
+
+
+def _diff(mine: dict[str, Any], theirs: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    return {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]}
 
 
 @runtime_checkable

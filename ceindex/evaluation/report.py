@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ceindex.evaluation.runner import SystemRun
+from ceindex.redact import redact_deep
 
 logger = logging.getLogger(__name__)
 # ranx's numba kernels warn about an internal uint64 cast on every metric; it does not affect the values.
@@ -113,7 +114,7 @@ def score_runs(
         latency_ms={r.name: r.latency_summary() for r in runs},
         queries=len(qrels),
         unjudged_queries=unjudged,
-        provenance=provenance or {},
+        provenance=redact_deep(provenance or {}),  # a URL with credentials (command line, settings) never lands in a report
         max_p=max_p,
     )
 

@@ -71,12 +71,16 @@ def test_full_build_count_check_and_search(settings: Settings, encoder, tmp_path
 def test_bad_rows_are_rejected_and_good_rows_indexed(settings: Settings, encoder, tmp_path: Path) -> None:
     extra = ['{"_id": "x1", "text": ', '{"text": "no id here"}', '{"_id": "x2", "text": ""}',
              json.dumps({"_id": "d01", "text": "duplicate of d01"})]
-    summary = _build(settings, encoder, _corpus(tmp_path, extra), tmp_path)
-    assert (summary.read, summary.indexed, summary.rejected) == (34, 30, 4)
-    assert summary.count_ok
-    rejects = [json.loads(line) for line in Path(summary.rejects_file).read_text().splitlines()]
+    corpus = _corpus(tmp_path, extra)
+    held = _build(settings, encoder, corpus, tmp_path)
+    assert (held.read, held.indexed, held.rejected) == (34, 30, 4)
+    assert held.count_ok and not held.published and "4 row(s) were rejected" in held.held_back
+    rejects = [json.loads(line) for line in Path(held.rejects_file).read_text().splitlines()]
     assert [(r["line"], r["reason"].split(":")[0].split(" (")[0]) for r in rejects] == [
         (31, "malformed JSON"), (32, "missing id field '_id'"), (33, "empty text"), (34, "duplicate id")]
+    # the same command with --allow-rejects publishes the held-back build without encoding anything again
+    summary = _build(replace(settings, build=replace(settings.build, allow_rejects=True)), encoder, corpus, tmp_path)
+    assert (summary.physical, summary.published, summary.encoded, summary.indexed) == (held.physical, True, 0, 30)
     backend = open_backend(settings)
     try:
         assert backend.fetch(settings.index, ["d01"])["d01"].title == "Photosynthesis"
@@ -117,6 +121,7 @@ class _Crash(RuntimeError):
 
 def test_resume_after_crash_loses_and_doubles_nothing(settings: Settings, encoder, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """Crash after two committed batches, then rerun the same build: it resumes and ends with the corpus."""
+    settings = replace(settings, build=replace(settings.build, allow_rejects=True))
     corpus = _corpus(tmp_path, [json.dumps({"text": "bad row before the crash"})])
     backend = open_backend(settings)
     node = request.getfixturevalue("opensearch_node") if settings.opensearch.url else None

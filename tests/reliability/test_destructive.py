@@ -1,0 +1,321 @@
+"""Ways a hostile or careless user could destroy or corrupt a live index, each a regression test (issue 11).
+
+Every test here failed on the code before the fix: prune matched other aliases by prefix, names were used as
+paths unchecked, an empty or fully rejected build replaced a live index, a resume mixed encoder settings, two
+builders ran at once, credentials in URLs were printed and stored, a dead node gave tracebacks and instant retries.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings as hyp_settings, strategies as st
+
+from ceindex.backends import open_backend
+from ceindex.backends.embedded import EmbeddedBackend
+from ceindex.backends.names import LOCKS_INDEX, index_name
+from ceindex.cli import cli
+from ceindex.config import BuildConfig, OpenSearchConfig, Settings
+from ceindex.encoders import EncoderConfig, load_encoder
+from ceindex.errors import BackendError, ConfigError
+from indexer.build import build_index
+from tests.conftest import REPO, SAMPLE
+
+pytestmark = pytest.mark.reliability
+
+BACKENDS = ["embedded", "opensearch"]
+SECRET = "s3cr3t-pw"
+
+
+@pytest.fixture(params=BACKENDS)
+def base(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    settings = Settings(home=str(tmp_path / "home"), build=BuildConfig(encode_batch_docs=5, chunk_docs=4))
+    if request.param == "opensearch":
+        settings = replace(settings, opensearch=OpenSearchConfig(url=request.getfixturevalue("opensearch_url"),
+                                                                 max_retries=1, timeout=10))
+    return settings
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_ce_dir: Path):
+    return load_encoder(EncoderConfig(model=str(tiny_ce_dir), layer=1, max_length=64, batch_size=8))
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}{os.getpid()}{time.monotonic_ns() % 10**9}"
+
+
+def _build(settings: Settings, encoder, alias: str, corpus: Path, tmp_path: Path, **kw):
+    backend = open_backend(settings)
+    try:
+        return build_index(backend, encoder, corpus, alias, settings.build,
+                           rejects_path=tmp_path / f"{alias}.rejects.jsonl", progress=False, **kw)
+    finally:
+        backend.close()
+
+
+def _count(settings: Settings, alias: str) -> tuple[str, int]:
+    backend = open_backend(settings)
+    try:
+        info = backend.info(alias)
+        return info.physical, info.count
+    finally:
+        backend.close()
+
+
+SAMPLE_CORPUS = SAMPLE / "corpus.jsonl"
+
+
+# --- 2. prune touches only the indexes recorded behind that alias --------------------------------------------
+def test_prune_never_deletes_another_alias_with_the_same_prefix(base: Settings, encoder, tmp_path: Path) -> None:
+    short = _unique("pp")
+    longer = f"{short}-x"
+    _build(base, encoder, longer, SAMPLE_CORPUS, tmp_path)
+    _build(base, encoder, short, SAMPLE_CORPUS, tmp_path)
+    rebuilt = _build(base, encoder, short, SAMPLE_CORPUS, tmp_path, prune=True)
+    assert len(rebuilt.pruned) == 1 and rebuilt.pruned[0].startswith(short + "-2")
+    assert _count(base, longer)[1] == 30, "prune of 'pp' deleted the live index of 'pp-x'"
+
+
+# --- 3. index names: one validated type, never a path outside the store ---------------------------------------
+BAD_NAMES = ["", ".", "..", "*", "semi;rm", "a/b", "../../../x", "/abs/path", "x" * 300, "Upper", "a b", "a,b",
+             "-dash", "_under", "q?", "a:b", "a\\b", LOCKS_INDEX, "pp-20261129t054512123"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_bad_index_names_are_refused_before_anything_is_written(base: Settings, encoder, tmp_path: Path, name: str) -> None:
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    with pytest.raises(ConfigError, match="index name|reserved"):
+        _build(base, encoder, name, SAMPLE_CORPUS, tmp_path)
+    backend = open_backend(base)
+    try:  # a physical index name may be searched, not built
+        with pytest.raises(BackendError if name.startswith("pp-") else ConfigError):
+            backend.info(name)
+        with pytest.raises(BackendError if name.startswith("pp-") else ConfigError):
+            backend.bm25(name, ["q"], 3)
+    finally:
+        backend.close()
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+@hyp_settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.text(alphabet=st.characters(codec="utf-8"), max_size=40) | st.sampled_from(BAD_NAMES))
+def test_any_accepted_name_stays_inside_the_store(name: str, tmp_path: Path) -> None:
+    try:
+        accepted = index_name(name)
+    except ConfigError:
+        return
+    assert accepted == name and "/" not in name and "\\" not in name and name not in (".", "..")
+    assert name == name.lower() and not name.startswith(("-", "_", "+", "."))
+    store = EmbeddedBackend(tmp_path / "store")
+    folder = store._folder(name)  # noqa: SLF001 - the path the store would write
+    assert Path(os.path.abspath(folder)).parent == Path(os.path.abspath(tmp_path / "store" / "indexes"))
+
+
+def test_cli_refuses_a_traversal_name_with_one_line(ceindex_home: Path, tiny_ce_dir: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["-q", "build", "--corpus", str(SAMPLE_CORPUS), "--index", "../../../escaped",
+                                      "--encoder", f"ce:{tiny_ce_dir},layer=1", "--no-progress"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "index name '../../../escaped' is not allowed" in result.output
+    assert not list(tmp_path.rglob("escaped*"))
+
+
+# --- 4. an empty or fully rejected corpus never replaces a live index ------------------------------------------
+@pytest.mark.parametrize("case", ["empty file", "every row rejected"])
+def test_empty_or_fully_rejected_build_keeps_the_live_index(base: Settings, encoder, tmp_path: Path, case: str) -> None:
+    alias = _unique("live")
+    live = _build(base, encoder, alias, SAMPLE_CORPUS, tmp_path)
+    assert live.published
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("" if case == "empty file" else SAMPLE_CORPUS.read_text(), encoding="utf-8")
+    build = base.build if case == "empty file" else replace(base.build, text_field="no_such_field")
+    held = _build(replace(base, build=build), encoder, alias, bad, tmp_path)
+    assert not held.published and held.indexed == 0 and "0 documents" in held.held_back
+    assert _count(base, alias) == (live.physical, 30)
+    # said explicitly, an empty index may be published
+    allowed = _build(replace(base, build=replace(build, allow_empty=True, allow_rejects=True)), encoder, alias, bad, tmp_path)
+    assert allowed.published and _count(base, alias) == (allowed.physical, 0)
+
+
+def test_cli_build_of_an_empty_file_exits_1_and_keeps_the_alias(ceindex_home: Path, tiny_ce_dir: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = ["-q", "build", "--index", "kept", "--encoder", f"ce:{tiny_ce_dir},layer=1", "--max-length", "64", "--no-progress"]
+    assert runner.invoke(cli, args + ["--corpus", str(SAMPLE_CORPUS)]).exit_code == 0
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    result = runner.invoke(cli, args + ["--corpus", str(empty)])
+    assert result.exit_code == 1 and "NOT published" in result.output and "--allow-empty" in result.output
+    assert EmbeddedBackend(ceindex_home).info("kept").count == 30
+
+
+# --- 5. a resume never mixes encoder settings ---------------------------------------------------------------------
+class _Crash(RuntimeError):
+    pass
+
+
+def test_resume_with_another_max_length_starts_a_new_build(base: Settings, encoder, tiny_ce_dir: Path, tmp_path: Path) -> None:
+    alias = _unique("mix")
+    backend = open_backend(base)
+    real_write, writes = backend.write, []
+
+    def crashing_write(state, docs, vectors):
+        writes.append(len(docs))
+        if len(writes) == 3:
+            raise _Crash("simulated crash")
+        return real_write(state, docs, vectors)
+
+    backend.write = crashing_write  # type: ignore[method-assign]
+    try:
+        with pytest.raises(_Crash):
+            build_index(backend, encoder, SAMPLE_CORPUS, alias, base.build, rejects_path=tmp_path / "r.jsonl", progress=False)
+    finally:
+        backend.close()
+    shorter = load_encoder(EncoderConfig(model=str(tiny_ce_dir), layer=1, max_length=32, batch_size=8))
+    summary = _build(base, shorter, alias, SAMPLE_CORPUS, tmp_path)
+    assert summary.resumed_from == 0 and summary.encoded == 30, "resumed a build made with max_length 64"
+    backend = open_backend(base)
+    try:
+        assert backend.current_encoder(alias).max_length == 32
+    finally:
+        backend.close()
+    # the same settings do resume, and docs/s counts only what this run encoded
+    again = _build(base, encoder, alias, SAMPLE_CORPUS, tmp_path)
+    assert again.resumed_from == 10 and again.encoded == 20
+
+
+# --- 9. one builder per index; a crash between sealing and publishing resumes ---------------------------------
+def test_a_second_builder_of_the_same_index_is_refused(base: Settings, encoder, tmp_path: Path) -> None:
+    alias = _unique("locked")
+    holder = open_backend(base)
+    try:
+        with holder.build_lock(alias):
+            with pytest.raises(BackendError, match=f"index '{alias}' is being built right now by pid {os.getpid()}"):
+                _build(base, encoder, alias, SAMPLE_CORPUS, tmp_path)
+        assert _build(base, encoder, alias, SAMPLE_CORPUS, tmp_path).published  # released after the holder ends
+    finally:
+        holder.close()
+
+
+def test_embedded_lock_of_a_killed_builder_does_not_block(ceindex_home: Path, encoder, tmp_path: Path) -> None:
+    script = ("import sys, time; from ceindex.backends.embedded import EmbeddedBackend\n"
+              "with EmbeddedBackend(sys.argv[1]).build_lock('orphan'):\n    print('locked', flush=True); time.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", script, str(ceindex_home)], stdout=subprocess.PIPE, cwd=REPO, text=True)
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        with pytest.raises(BackendError, match=f"pid {child.pid}"):
+            _build(Settings(home=str(ceindex_home)), encoder, "orphan", SAMPLE_CORPUS, tmp_path)
+    finally:
+        child.kill()
+        child.wait()
+    assert _build(Settings(home=str(ceindex_home)), encoder, "orphan", SAMPLE_CORPUS, tmp_path).published
+
+
+def test_opensearch_stale_lock_of_a_dead_builder_is_taken_over(opensearch_url: str, encoder, tmp_path: Path) -> None:
+    settings = Settings(opensearch=OpenSearchConfig(url=opensearch_url, max_retries=1, timeout=10),
+                        build=BuildConfig(encode_batch_docs=10))
+    alias = _unique("stale")
+    backend = open_backend(settings)
+    try:
+        backend._ensure_locks_index()  # noqa: SLF001
+        backend.client.index(index=LOCKS_INDEX, id=alias, refresh=True,
+                             body={"owner": "pid 1 on elsewhere", "pid": 1, "host": "elsewhere", "heartbeat": time.time()})
+        with pytest.raises(BackendError, match="being built right now by pid 1 on elsewhere"):
+            _build(settings, encoder, alias, SAMPLE_CORPUS, tmp_path)
+        backend.client.index(index=LOCKS_INDEX, id=alias, refresh=True,
+                             body={"owner": "pid 1 on elsewhere", "pid": 1, "host": "elsewhere", "heartbeat": time.time() - 600})
+        assert _build(settings, encoder, alias, SAMPLE_CORPUS, tmp_path).published
+    finally:
+        backend.close()
+
+
+def test_crash_between_seal_and_publish_resumes_without_reencoding(base: Settings, encoder, tmp_path: Path) -> None:
+    alias = _unique("sealed")
+    backend = open_backend(base)
+
+    def crash(_state) -> None:
+        raise _Crash("crash before the alias moved")
+
+    backend.publish = crash  # type: ignore[method-assign]
+    try:
+        with pytest.raises(_Crash):
+            build_index(backend, encoder, SAMPLE_CORPUS, alias, base.build, rejects_path=tmp_path / "r.jsonl", progress=False)
+    finally:
+        backend.close()
+    summary = _build(base, encoder, alias, SAMPLE_CORPUS, tmp_path, prune=True)
+    assert summary.published and summary.encoded == 0 and summary.pruned == []
+    assert _count(base, alias) == (summary.physical, 30)
+
+
+# --- 8. credentials in URLs never reach output, logs or reports ------------------------------------------------
+def test_credentials_in_the_url_are_never_printed_or_stored(opensearch_url: str, tiny_ce_dir: Path, tmp_path: Path,
+                                                            ceindex_home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    url = opensearch_url.replace("http://", f"http://admin:{SECRET}@")  # the test node ignores basic auth
+    runner = CliRunner()
+    common = ["--opensearch", url, "--index", _unique("cred")]
+    built = runner.invoke(cli, ["-v", "build", "--corpus", str(SAMPLE_CORPUS), "--encoder", f"ce:{tiny_ce_dir},layer=1",
+                                "--max-length", "64", "--no-progress", *common])
+    assert built.exit_code == 0, built.output
+    out = tmp_path / "report"
+    evaluated = runner.invoke(cli, ["eval", "--data", str(SAMPLE), "--systems", "bm25", "--out", str(out), "--no-progress",
+                                    *common])
+    assert evaluated.exit_code == 0, evaluated.output
+    failed = runner.invoke(cli, ["search", "--opensearch", f"http://admin:{SECRET}@127.0.0.1:{_closed_port()}",
+                                 "--max-retries", "0", "--index", "x", "q"])
+    assert failed.exit_code == 2
+    texts = [built.output, evaluated.output, failed.output, caplog.text]
+    texts += [p.read_text(encoding="utf-8", errors="replace") for p in out.rglob("*") if p.suffix in (".json", ".md", ".html")]
+    assert all(SECRET not in text for text in texts)
+    assert "***@" in built.output and "***@" in failed.output
+
+
+# --- 9. a dead cluster: backoff between retries, one paragraph, the right hint ----------------------------------
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_retries_back_off_and_end_in_one_actionable_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ceindex.backends import opensearch as os_backend
+
+    delays: list[float] = []
+    monkeypatch.setattr(os_backend.time, "sleep", delays.append)
+    backend = os_backend.OpenSearchBackend(OpenSearchConfig(url=f"http://127.0.0.1:{_closed_port()}", max_retries=4))
+    with pytest.raises(BackendError, match="cannot reach OpenSearch at http://127.0.0.1:.* is the cluster running"):
+        backend.ping()
+    assert delays == [0.5, 1.0, 2.0, 4.0]
+
+
+def test_dead_cluster_cli_error_has_no_traceback(ceindex_home: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ceindex.cli", "search", "--opensearch", f"http://127.0.0.1:{_closed_port()}",
+         "--max-retries", "2", "--index", "x", "q"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) <= 4, result.stderr
+    assert result.stderr.count("retry") == 2 and "cannot reach OpenSearch" in result.stderr
+
+
+def test_https_against_a_plain_http_port_suggests_http(opensearch_url: str) -> None:
+    from ceindex.backends.opensearch import OpenSearchBackend
+
+    url = opensearch_url.replace("http://", "https://")
+    backend = OpenSearchBackend(OpenSearchConfig(url=url, max_retries=0, timeout=10))
+    with pytest.raises(BackendError) as caught:
+        backend.ping()
+    assert "does not speak TLS" in str(caught.value) and "http://" in str(caught.value)
+    assert "--ca-certs" not in str(caught.value)
+
+
+def test_build_summary_json_is_valid_and_reports_publication(ceindex_home: Path, tiny_ce_dir: Path) -> None:
+    result = CliRunner().invoke(cli, ["-q", "build", "--corpus", str(SAMPLE_CORPUS), "--index", "summ", "--json",
+                                      "--encoder", f"ce:{tiny_ce_dir},layer=1", "--max-length", "64", "--no-progress"])
+    summary = json.loads(result.stdout)
+    assert result.exit_code == 0 and summary["published"] is True and summary["encoded"] == 30
