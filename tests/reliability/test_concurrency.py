@@ -6,8 +6,10 @@ captured each other's tensors (wrong vectors) or ended each other's passes (erro
 from __future__ import annotations
 
 import json
+import os
 import random
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
@@ -15,7 +17,7 @@ import numpy as np
 import pytest
 
 from ceindex.backends import open_backend
-from ceindex.config import SearchConfig, Settings
+from ceindex.config import OpenSearchConfig, SearchConfig, Settings
 from ceindex.data.corpus import corpus_path
 from ceindex.encoders import EncoderConfig, load_encoder
 from indexer.build import build_index
@@ -75,26 +77,28 @@ def _signature(results: Sequence) -> list[list[tuple[str, float | None, float | 
     return [[(h.id, h.rerank_score, h.fused_score) for h in r.hits] for r in results]
 
 
-@pytest.fixture(scope="module")
-def tiny_index_home(tiny_ce_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="module", params=["embedded", "opensearch"])
+def tiny_indexes(request: pytest.FixtureRequest, tiny_ce_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Layer-0 and layer-1 indexes of the sample corpus (tiny CE) on one backend; returns their base settings."""
     home = tmp_path_factory.mktemp("concurrency-home")
+    base = Settings(home=str(home), search=SearchConfig(recall_n=10, rerank_top=5, rerank_max_length=64))
+    if request.param == "opensearch":
+        base = replace(base, opensearch=OpenSearchConfig(url=request.getfixturevalue("opensearch_url")))
     for layer in (0, 1):
-        settings = Settings(index=f"layer{layer}", home=str(home),
-                            encoder=EncoderConfig(model=str(tiny_ce_dir), layer=layer, max_length=64))
+        settings = replace(base, index=f"conc{os.getpid()}-layer{layer}",
+                           encoder=EncoderConfig(model=str(tiny_ce_dir), layer=layer, max_length=64))
         backend = open_backend(settings)
         try:
             build_index(backend, load_encoder(settings.encoder), corpus_path(SAMPLE, None), settings.index,
                         settings.build, rejects_path=home / "rejects.jsonl", progress=False)
         finally:
             backend.close()
-    return home
+    return base
 
 
 @pytest.mark.parametrize("layer", [0, 1])
-def test_pipeline_8_threads_equal_one_thread(layer: int, tiny_index_home: Path, one_torch_thread: None) -> None:
-    settings = Settings(index=f"layer{layer}", home=str(tiny_index_home),
-                        search=SearchConfig(recall_n=10, rerank_top=5, rerank_max_length=64))
-    pipeline = SearchPipeline(settings)
+def test_pipeline_8_threads_equal_one_thread(layer: int, tiny_indexes: Settings, one_torch_thread: None) -> None:
+    pipeline = SearchPipeline(replace(tiny_indexes, index=f"conc{os.getpid()}-layer{layer}"))
     queries = _sample_queries()
     reference = [_signature([pipeline.search(q, k=5)]) for q in queries]
 
