@@ -1,9 +1,9 @@
 """One YAML configuration file; every key has a CLI flag and a documented default.
 
-The file has one section per dataclass below (``opensearch``, ``encoder``, ``build``, ``search``)
+The file has one section per dataclass below (``opensearch``, ``encoder``, ``build``, ``search``, ``serve``)
 plus the top-level ``index`` and ``home``. Each field's metadata names its CLI flag and help text, so the
 CLI options, the YAML keys and the documentation (``ceindex config --defaults``) come from one place.
-Secrets (cluster user and password) are read only from environment variables, never from the file.
+Secrets (cluster user and password, the HTTP API key) are read only from environment variables, never from the file.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from ceindex.errors import ConfigError
 HOME_ENV = "CEINDEX_HOME"
 USER_ENV = "CEINDEX_OPENSEARCH_USER"
 PASSWORD_ENV = "CEINDEX_OPENSEARCH_PASSWORD"
+API_KEY_ENV = "CEINDEX_API_KEY"
 
 
 def _opt(default: Any, flag: str, help: str) -> Any:
@@ -74,6 +75,15 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    max_body_bytes: int = _opt(64 * 1024, "--max-body-bytes", "Largest request body accepted by `ceindex serve`; larger ones get 413.")
+    max_queries: int = _opt(32, "--max-queries", "Most queries in one /search request; more get 413.")
+    max_concurrent: int = _opt(2, "--max-concurrent", "Searches running at once (each holds CPU/GPU); the rest wait in a queue.")
+    max_queued: int = _opt(8, "--max-queued", "Requests that may wait for a search slot; more get 503 with Retry-After.")
+    request_timeout: float = _opt(60.0, "--request-timeout", "Seconds a request may take: its body must arrive in time (else 408), get a search slot (else 503) and finish searching (else 504; its remaining queries are dropped).")
+
+
+@dataclass(frozen=True)
 class Settings:
     index: str = _opt("ceindex", "--index", "Index name (an alias on OpenSearch).")
     home: str | None = _opt(None, "--home", f"Folder of embedded indexes (default ${HOME_ENV} or ~/.ceindex).")
@@ -81,6 +91,7 @@ class Settings:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     @property
     def home_path(self) -> Path:
@@ -95,6 +106,7 @@ SECTIONS: dict[str, type] = {
     "encoder": EncoderConfig,
     "build": BuildConfig,
     "search": SearchConfig,
+    "serve": ServeConfig,
 }
 
 # Encoder fields live in ceindex.encoders.config (no click metadata there); their flags:
@@ -122,6 +134,8 @@ def _build_section(cls: type, name: str, values: Mapping[str, Any], source: str)
         raise ConfigError(f"{source}: section '{name}' must be a mapping, got {type(values).__name__}")
     if name == "opensearch" and any(k in values for k in ("user", "password")):
         raise ConfigError(f"{source}: secrets are read only from ${USER_ENV} / ${PASSWORD_ENV}, not the file")
+    if name == "serve" and "api_key" in values:
+        raise ConfigError(f"{source}: the API key is read only from ${API_KEY_ENV}, not the file")
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
