@@ -174,12 +174,17 @@ class SearchPipeline:
         return self._reranker
 
     # --- searching --------------------------------------------------------------------------
-    def _validate(self, queries: Sequence[Any], k: int) -> None:
+    def validate(self, queries: Sequence[Any], k: int) -> None:
+        """Raise InputError for a bad k or query (numbered by position); search_many calls it first."""
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise InputError(f"k must be an integer between 1 and {MAX_K}, got {k!r}")
         for i, query in enumerate(queries):
             if not isinstance(query, str) or not query.strip():
                 raise InputError(f"query {i} is empty or not a string")
+            try:
+                query.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate: the tokenizer would raise a TypeError deep inside
+                raise InputError(f"query {i} is not valid Unicode (it contains a lone surrogate)") from None
             if len(query) > self.config.max_query_chars:
                 raise InputError(
                     f"query {i} has {len(query)} characters; the limit is {self.config.max_query_chars} (search.max_query_chars)"
@@ -190,7 +195,7 @@ class SearchPipeline:
 
     def search_many(self, queries: Sequence[str], k: int = 10, *, include_text: bool = True) -> list[SearchResult]:
         """Search several queries in one go; ``include_text=False`` skips fetching texts the re-ranker does not need."""
-        self._validate(queries, k)
+        self.validate(queries, k)
         if not queries:
             return []
         cfg = self.config

@@ -137,14 +137,6 @@ def status_for(exc: CeindexError) -> int:
     return 503
 
 
-def _check_unicode(queries: Sequence[str]) -> None:
-    for i, query in enumerate(queries):
-        try:
-            query.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InputError(f"query {i} is not valid Unicode (it contains a lone surrogate escape)") from None
-
-
 # --- the ASGI guard: authentication and body size, before any parsing -----------------------------
 class RequestGuard:
     """Pure ASGI middleware: checks the API key, then reads at most ``max_body_bytes`` of the body."""
@@ -446,10 +438,9 @@ def create_app(pipeline: SearchPipeline, config: ServeConfig | None = None, *, a
     @app.post("/search", response_model=SearchResponse)
     async def search(body: SearchRequest, request: Request) -> dict[str, Any]:
         queries = _queries_of(body, config.max_queries)
-        _check_unicode(queries)
         # The pipeline's own checks, once for the whole request: a bad query is refused before any chunk runs,
         # and the message numbers it by its position in the request, not in its chunk.
-        pipeline._validate(queries, body.k)
+        pipeline.validate(queries, body.k)
         results = await gate.search(queries, body.k, request.is_disconnected)
         return {"index": pipeline.index, "results": results}
 

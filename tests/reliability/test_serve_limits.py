@@ -70,7 +70,7 @@ class FakePipeline:
 
     index = "fake"
     config = SearchConfig(max_query_chars=200)
-    _validate = SearchPipeline._validate
+    validate = SearchPipeline.validate
 
     def __init__(self, search: Callable[[Sequence[str], int], list[SearchResult]] | None = None) -> None:
         self.calls: list[list[str]] = []
