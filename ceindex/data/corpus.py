@@ -91,10 +91,11 @@ def _open_binary(path: Path) -> BinaryIO:
         raise InputError(f"{path}: cannot open the file: {exc}") from None
 
 
-def _physical_lines(path: Path) -> Iterator[_RawLine]:
+def _physical_lines(path: Path, *, lone_cr_ends_line: bool = True) -> Iterator[_RawLine]:
     """Yield ``(number, bytes)`` for each physical line, 1-based, terminator kept, a UTF-8 BOM removed.
 
-    Lines end at ``\\n``, ``\\r\\n`` or a lone ``\\r``, as text mode with ``newline=""`` splits them. Decoding
+    Lines end at ``\\n``, ``\\r\\n`` or (unless ``lone_cr_ends_line`` is False, as for JSONL, where a CR is
+    whitespace inside a row) a lone ``\\r``, as text mode with ``newline=""`` splits them. Decoding
     is left to the caller, line by line, so that one bad byte costs one row, not the file. A read error (a
     truncated or corrupt .gz, an I/O error) comes as a last ``InputError`` item rather than being raised
     here, so that a reader which looked ahead can still give back every row before it.
@@ -115,7 +116,7 @@ def _physical_lines(path: Path) -> Iterator[_RawLine]:
                 return
             if number == 0:
                 raw = _strip_bom(path, raw)
-            for piece in raw.splitlines(keepends=True) if b"\r" in raw else (raw,):
+            for piece in raw.splitlines(keepends=True) if lone_cr_ends_line and b"\r" in raw else (raw,):
                 number += 1
                 yield number, piece
 
@@ -166,7 +167,7 @@ def read_documents(
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Rejected]]:
     source = str(path)
-    for number, raw in _physical_lines(path):
+    for number, raw in _physical_lines(path, lone_cr_ends_line=False):
         if isinstance(raw, InputError):
             raise raw
         text = _decode_line(source, number, raw)
@@ -181,6 +182,10 @@ def _json_object(source: str, number: int, text: str) -> dict[str, Any] | Reject
         row = json.loads(text)
     except json.JSONDecodeError as exc:
         return Rejected(source, number, f"malformed JSON: {exc.msg} at column {exc.colno}")
+    except RecursionError:
+        return Rejected(source, number, "malformed JSON: nested too deeply")
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        return Rejected(source, number, f"malformed JSON: {str(exc).splitlines()[0]}")
     if not isinstance(row, dict):
         return Rejected(source, number, f"expected a JSON object, got {type(row).__name__}")
     return row
@@ -367,6 +372,8 @@ class _DelimitedRecords:
 def _to_document(
     source: str, line: int, row: dict[str, Any], id_field: str, text_field: str, title_field: str
 ) -> Document | Rejected:
+    if _has_lone_surrogate(row):
+        return Rejected(source, line, "not valid Unicode: a \\uD800-\\uDFFF escape without its pair")
     raw_id = row.get(id_field)
     if raw_id is None or (isinstance(raw_id, str) and not raw_id.strip()):
         return Rejected(source, line, f"missing id field '{id_field}'")
@@ -388,3 +395,22 @@ def _to_document(
     if isinstance(nested, dict):
         metadata.update(nested)
     return Document(id=doc_id, text=text, title=title, metadata=metadata, line=line)
+
+
+def _has_lone_surrogate(row: dict[str, Any]) -> bool:
+    """Whether any string in ``row`` (keys and values, nested) holds a lone surrogate, which JSON escapes allow
+    but UTF-8, the tokenizer and the stores cannot carry."""
+    stack: list[Any] = [row]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False

@@ -120,9 +120,10 @@ def test_utf16_file_is_an_input_error_that_says_so(tmp_path: Path, name: str) ->
 # --------------------------------------------------------------------------- binary files
 
 def _expected_binary_rejects(data: bytes) -> list[int]:
-    """Line numbers a binary .jsonl should be rejected at: every physical line that is not blank."""
+    """Line numbers a binary .jsonl should be rejected at: every physical line that is not blank (JSONL lines end
+    at \\n only: a CR is whitespace inside a JSON row)."""
     lines = []
-    for number, piece in enumerate(data.splitlines(keepends=True), start=1):
+    for number, piece in enumerate(data.split(b"\n"), start=1):
         try:
             if not piece.decode("utf-8").strip():
                 continue
@@ -140,6 +141,19 @@ def test_random_bytes_jsonl_gives_one_reject_per_line_and_no_traceback(tmp_path:
     assert all(isinstance(r, Rejected) for r in records)
     assert [r.line for r in records] == _expected_binary_rejects(data)
     assert sum("not valid UTF-8" in r.reason for r in records) > len(records) // 2
+
+
+def test_hostile_json_values_cost_one_row_each(tmp_path: Path) -> None:
+    """Deep nesting, a 5,000-digit number and lone surrogate escapes raised (RecursionError, ValueError) or crashed
+    the tokenizer/SQLite later; a CR inside a row split it into two rejects and shifted the line numbers."""
+    rows = [b'{"_id": "a", "text": "good"}', b'{"_id": "b", "m": ' + b"[" * 100_000 + b"]" * 100_000 + b', "text": "x"}',
+            b'{"_id": "c", "n": ' + b"1" * 5000 + b', "text": "x"}', b'{"_id": "d", "text": "a \\ud800 b"}',
+            b'{"_id": "\\udc00", "text": "x"}', b'{"_id": "e",\r"text": "cr inside the row"}', b'{"_id": "f", "text": "last"}']
+    records = list(read_documents(_write(tmp_path / "hostile.jsonl", b"\n".join(rows) + b"\n")))
+    good, bad = _split(records)
+    assert [(d.id, d.line) for d in good] == [("a", 1), ("e", 6), ("f", 7)]
+    assert [(r.line, r.reason.split(":")[0]) for r in bad] == [
+        (2, "malformed JSON"), (3, "malformed JSON"), (4, "not valid Unicode"), (5, "not valid Unicode")]
 
 
 def test_png_renamed_jsonl_is_rejected_line_by_line(tmp_path: Path) -> None:
