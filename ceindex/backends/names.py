@@ -11,11 +11,11 @@ import time
 from ceindex.errors import ConfigError
 
 MAX_NAME_BYTES = 255
-_STAMP = r"\d{8}t\d{9}"
+_STAMP = r"[0-9]{8}t[0-9]{9}"
 _STAMP_CHARS = len("-20261129t054512123")
 MAX_ALIAS_BYTES = MAX_NAME_BYTES - _STAMP_CHARS
 LOCKS_INDEX = "ceindex-build-locks"
-_ALLOWED = re.compile(r"^[a-z0-9][a-z0-9_.+-]*$")  # lowercase; no \ / * ? " < > | space , # :
+_ALLOWED = re.compile(r"[a-z0-9][a-z0-9_.+-]*")  # lowercase; no \ / * ? " < > | space , # :
 
 
 def index_name(name: object) -> str:
@@ -30,7 +30,7 @@ def index_name(name: object) -> str:
         )
     if name in (".", ".."):
         raise ConfigError(f"index name {name!r} is not allowed")
-    if not _ALLOWED.match(name):
+    if not _ALLOWED.fullmatch(name):
         raise ConfigError(
             f"index name {shown!r} is not allowed: use lowercase letters, digits and - _ . + only, starting with a "
             "letter or digit (no /, \\, *, ?, quotes, <, >, |, spaces, commas, # or :)"
@@ -58,7 +58,7 @@ def is_physical_of(physical: str, alias: str) -> bool:
 
 def looks_physical(name: str) -> bool:
     """Whether ``name`` is written like a physical index (``ALIAS-<timestamp>``)."""
-    return re.search(rf"-{_STAMP}$", name) is not None
+    return re.search(rf"-{_STAMP}\Z", name) is not None
 
 
 def searchable_name(name: object) -> str:
