@@ -18,7 +18,7 @@ from _common import FIXTURE_CE, SCIFACT, markdown_table, require, write_json  # 
 from ceindex.backends import open_backend  # noqa: E402
 from ceindex.config import OpenSearchConfig, Settings  # noqa: E402
 from ceindex.data.corpus import corpus_path  # noqa: E402
-from ceindex.encoders import EncoderConfig, load_encoder  # noqa: E402
+from ceindex.models import EncoderConfig, load_encoder  # noqa: E402
 from indexer.build import build_index  # noqa: E402
 
 

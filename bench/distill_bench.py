@@ -33,11 +33,11 @@ from _common import FIXTURE_CE, RESULTS, SCIFACT, bm25_run, markdown_table, requ
 
 from ceindex.data.beir import read_qrels, read_queries  # noqa: E402
 from ceindex.data.corpus import Document, corpus_path, read_documents  # noqa: E402
-from ceindex.encoders import EncoderConfig, load_encoder  # noqa: E402
-from ceindex.encoders.dual import baseline_de_path  # noqa: E402
 from ceindex.evaluation.report import score_runs  # noqa: E402
 from ceindex.evaluation.runner import SystemRun  # noqa: E402
 from ceindex.layers import evaluate_run, exact_search  # noqa: E402
+from ceindex.models import EncoderConfig, load_encoder  # noqa: E402
+from ceindex.models.dual import baseline_de_path  # noqa: E402
 
 log = logging.getLogger("distill_bench")
 MODELS = RESULTS / "models"
@@ -90,7 +90,7 @@ def cached_encode(encoder: Any, texts: list[str], dtype: str, show_progress: boo
 
 def memoise_reranker() -> dict[tuple, float]:
     """Patch CrossEncoderReranker.score to score each distinct (query, document) pair once per run."""
-    from search_pipeline.rerank import CrossEncoderReranker
+    from ceindex.models.scorer import CrossEncoderReranker
 
     memo: dict[tuple, float] = {}
     original = CrossEncoderReranker.score

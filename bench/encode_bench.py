@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ceindex.data.beir import doc_text, read_corpus  # noqa: E402
-from ceindex.encoders import EncoderConfig, load_encoder  # noqa: E402
-from ceindex.encoders.dual import baseline_de_path  # noqa: E402
+from ceindex.models import EncoderConfig, load_encoder  # noqa: E402
+from ceindex.models.dual import baseline_de_path  # noqa: E402
 
 log = logging.getLogger("encode_bench")
 SHARED = REPO.parent / "shared"

@@ -34,7 +34,7 @@ from _common import FIXTURE_CE, REPO, SCIFACT, markdown_table, require, write_js
 
 sys.path.insert(0, str(REPO))
 from ceindex.data.beir import doc_text, read_corpus, read_queries  # noqa: E402
-from ceindex.encoders import EncoderConfig, load_encoder  # noqa: E402
+from ceindex.models import EncoderConfig, load_encoder  # noqa: E402
 
 log = logging.getLogger("gpu_bench")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -72,7 +72,7 @@ def sync(device: str) -> None:
 def model_only(encoder: Any, texts: list[str], device: str) -> Callable[[], None]:
     """A callable that runs forward + pooling over pre-tokenised, length-sorted batches on the device.
     Uses the Embedder's internals on purpose: this isolates the GPU cost from tokenisation."""
-    from ceindex.encoders._runtime import length_sorted_batches, masked_mean
+    from ceindex.models.runtime import length_sorted_batches, masked_mean
 
     inner = getattr(encoder, "_layers", encoder)  # CELayerEncoder wraps CrossEncoderLayers
     embedder = inner._embedder  # noqa: SLF001
@@ -122,8 +122,8 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     import torch
 
-    from ceindex.encoders.dual import baseline_de_path
-    from search_pipeline.rerank import CrossEncoderReranker
+    from ceindex.models.dual import baseline_de_path
+    from ceindex.models.scorer import CrossEncoderReranker
 
     require(args.ce)
     require(args.corpus)

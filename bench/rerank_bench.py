@@ -25,7 +25,7 @@ from ceindex.data.corpus import Document, corpus_path, read_documents  # noqa: E
 from ceindex.evaluation.report import score_runs  # noqa: E402
 from ceindex.evaluation.runner import SystemRun, rerank_only  # noqa: E402
 from ceindex.evaluation.topics import load_topics  # noqa: E402
-from search_pipeline.rerank import CrossEncoderReranker  # noqa: E402
+from ceindex.models.scorer import CrossEncoderReranker  # noqa: E402
 
 log = logging.getLogger("rerank_bench")
 

@@ -14,8 +14,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from ceindex.encoders.config import EncoderConfig
 from ceindex.errors import ConfigError
+from ceindex.models.config import EncoderConfig
 
 HOME_ENV = "CEINDEX_HOME"
 USER_ENV = "CEINDEX_OPENSEARCH_USER"
@@ -109,7 +109,7 @@ SECTIONS: dict[str, type] = {
     "serve": ServeConfig,
 }
 
-# Encoder fields live in ceindex.encoders.config (no click metadata there); their flags:
+# Encoder fields live in ceindex.models.config (no click metadata there); their flags:
 ENCODER_FLAGS: dict[str, tuple[str, str]] = {
     "kind": ("--encoder-kind", "ce-layer (early layer of a cross-encoder) or dual (a dual encoder)."),
     "model": ("--encoder-model", "Hub id or local folder (default: $CEINDEX_CE_MODEL / $CEINDEX_DE_MODEL or a hub id)."),

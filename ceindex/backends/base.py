@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ceindex.data.corpus import Document, Rejected
-from ceindex.encoders.base import EncoderDescription
+from ceindex.models.base import EncoderDescription
 
 logger = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from ceindex.backends.base import (
 )
 from ceindex.backends.names import index_name, is_physical_of, looks_physical, searchable_name
 from ceindex.data.corpus import Document, Rejected
-from ceindex.encoders.base import EncoderDescription
+from ceindex.models.base import EncoderDescription
 from ceindex.errors import BackendError
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from ceindex.backends.base import COMPLETE, Backend, BuildState, Hit, IndexInfo,
 from ceindex.backends.names import LOCKS_INDEX, index_name, is_physical_of, searchable_name
 from ceindex.config import OpenSearchConfig, opensearch_credentials
 from ceindex.data.corpus import Document, Rejected
-from ceindex.encoders.base import EncoderDescription
+from ceindex.models.base import EncoderDescription
 from ceindex.errors import BackendError
 from ceindex.redact import redact
 from mappings import index_body

@@ -7,7 +7,7 @@ from typing import Any, Callable
 import click
 
 from ceindex.config import ENCODER_FLAGS, SECTIONS, Settings, apply_overrides, load_settings
-from ceindex.encoders.config import (
+from ceindex.models.config import (
     DEVICES,
     DTYPES,
     ENCODER_KINDS,

@@ -49,7 +49,7 @@ def build_command(data_dir: str | None, corpus_file: str | None, rejects_file: s
     """
     from ceindex.backends import open_backend
     from ceindex.data.corpus import corpus_path
-    from ceindex.encoders import load_encoder
+    from ceindex.models import load_encoder
     from indexer.build import build_index
 
     settings = settings_from_params(params)

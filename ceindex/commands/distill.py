@@ -6,14 +6,14 @@ from pathlib import Path
 
 import click
 
-from ceindex.encoders.config import default_ce_model
+from ceindex.models.config import default_ce_model
 
 
 def _source(init_from: str, model: str) -> str:
     if init_from == "ce":
         return model
     if init_from == "baseline":
-        from ceindex.encoders.dual import baseline_de_path
+        from ceindex.models.dual import baseline_de_path
 
         return str(baseline_de_path())
     return init_from

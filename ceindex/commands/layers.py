@@ -5,8 +5,8 @@ import json
 
 import click
 
-from ceindex.encoders.config import DEVICES, DTYPES, INPUT_MODES, POOLINGS, default_ce_model
 from ceindex.errors import ConfigError
+from ceindex.models.config import DEVICES, DTYPES, INPUT_MODES, POOLINGS, default_ce_model
 
 
 def parse_layers(spec: str) -> list[int]:

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ceindex.encoders._runtime import length_sorted_batches
+from ceindex.models.runtime import length_sorted_batches
 
 
 def encode(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int, batch_size: int = 64) -> np.ndarray:

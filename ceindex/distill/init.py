@@ -4,7 +4,7 @@ The source is a cross-encoder (its base model: the classification head is droppe
 control experiment, a dual encoder. Copying is explicit: embeddings and every other parameter outside
 the transformer layer stack are copied by name, layers ``0..copy-1`` are copied one by one, the rest
 keep the architecture's own (seeded) random initialisation. ``save_student`` writes a
-sentence-transformers folder that ``ceindex.encoders.dual.DualEncoder`` loads unchanged.
+sentence-transformers folder that ``ceindex.models.dual.DualEncoder`` loads unchanged.
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from ceindex.distill.config import StudentConfig
-from ceindex.encoders._runtime import load_pretrained, weights_sha256
-from ceindex.encoders.ce_layer import find_layer_stack
 from ceindex.errors import ModelError
+from ceindex.models.ce_layer import find_layer_stack
+from ceindex.models.runtime import load_pretrained, weights_sha256
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def resolve_source(ref: str) -> _Source:
         )
     modules_file = root / "modules.json"
     if modules_file.is_file():
-        from ceindex.encoders.dual import read_st_settings
+        from ceindex.models.dual import read_st_settings
 
         sub = read_st_settings(root)["subfolder"]
         path = root / sub if sub else root

@@ -33,7 +33,7 @@ def teacher_margins(
     cache = _cache_file(cache_dir, model_sha256, max_length, pairs, texts) if cache_dir else None
     scores: dict[tuple[str, str], float] | None = _read_cache(cache) if cache else None
     if scores is None:
-        from search_pipeline.rerank import CrossEncoderReranker
+        from ceindex.models.scorer import CrossEncoderReranker
 
         log.info("scoring %d (query, document) pairs with the teacher %s (max_length %d)", len(pairs), model, max_length)
         reranker = CrossEncoderReranker(model, batch_size=batch_size, max_length=max_length, dtype="float32", device="cpu")

@@ -40,8 +40,8 @@ from ceindex.distill.data import TrainingData, load_training_data
 from ceindex.distill.evaluate import eval_doc_ids, held_out_metrics
 from ceindex.distill.init import build_student, resolve_source, save_student
 from ceindex.distill.mining import mine_hard_negatives
-from ceindex.encoders._runtime import weights_sha256
 from ceindex.errors import ConfigError, ModelError
+from ceindex.models.runtime import weights_sha256
 
 log = logging.getLogger(__name__)
 

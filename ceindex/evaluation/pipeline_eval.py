@@ -112,8 +112,8 @@ def evaluate(settings: Settings, request: EvalRequest, out_dir: Path | None) -> 
             runs.append(run_system(pipeline, system, topics.queries, depth=request.depth,  # type: ignore[arg-type]
                                    batch_size=request.query_batch, progress=request.progress))
         if request.candidates is not None:
-            from search_pipeline.rerank import CrossEncoderReranker
             from ceindex.evaluation.runner import ranked_scores
+            from ceindex.models.scorer import CrossEncoderReranker
 
             candidate_run = _read_trec_run(request.candidates)
             ordered = {q: [d for d, _ in sorted(docs.items(), key=lambda x: -x[1])] for q, docs in candidate_run.items()}
@@ -157,7 +157,7 @@ def evaluate(settings: Settings, request: EvalRequest, out_dir: Path | None) -> 
 
 
 def _default_ce() -> str:
-    from ceindex.encoders.config import default_ce_model
+    from ceindex.models.config import default_ce_model
 
     return default_ce_model()
 

@@ -1,13 +1,17 @@
-"""Encoders: text -> unit-length float32 vectors.
+"""The model core: encoders (text -> unit-length float32 vectors) and the cross-encoder scorer.
 
-``ce-layer``: an early layer of a cross-encoder (the text paired with itself, mean-pooled);
-``dual``: a sentence-transformers dual encoder. Build either from an ``EncoderConfig``.
+Encoders: ``ce-layer``, an early layer of a cross-encoder (the text paired with itself, mean-pooled);
+``dual``, a sentence-transformers dual encoder. Build either from an ``EncoderConfig``.
+The full cross-encoder that scores (query, document) pairs is ``ceindex.models.scorer.CrossEncoderReranker``.
+Modules: ``base`` (the Encoder protocol), ``config``, ``runtime`` (device/dtype, batching, pooling, loading),
+``assemble`` (model inputs from cached token ids), ``embedder``, ``ce_layer``, ``dual``, ``scorer``.
+This package imports nothing above ``ceindex.errors`` (see ARCHITECTURE.md).
 """
 from __future__ import annotations
 
-from ceindex.encoders.base import Encoder, EncoderDescription
-from ceindex.encoders.config import EncoderConfig, parse_encoder_spec
 from ceindex.errors import ConfigError
+from ceindex.models.base import Encoder, EncoderDescription
+from ceindex.models.config import EncoderConfig, parse_encoder_spec
 
 __all__ = [
     "Encoder",
@@ -22,11 +26,11 @@ __all__ = [
 def load_encoder(config: EncoderConfig) -> Encoder:
     """Load the encoder ``config`` describes (heavy imports happen here, not at package import)."""
     if config.kind == "ce-layer":
-        from ceindex.encoders.ce_layer import CELayerEncoder
+        from ceindex.models.ce_layer import CELayerEncoder
 
         return CELayerEncoder(config)
     if config.kind == "dual":
-        from ceindex.encoders.dual import DualEncoder
+        from ceindex.models.dual import DualEncoder
 
         return DualEncoder(config)
     raise ConfigError(f"unknown encoder kind {config.kind!r}")

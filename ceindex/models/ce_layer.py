@@ -11,8 +11,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ceindex.encoders._embedder import Embedder, PoolingSpec
-from ceindex.encoders._runtime import (
+from ceindex.errors import ConfigError, ModelError
+from ceindex.models.base import EncoderDescription
+from ceindex.models.config import EncoderConfig
+from ceindex.models.embedder import Embedder, PoolingSpec
+from ceindex.models.runtime import (
     effective_max_length,
     load_pretrained,
     local_model_dir,
@@ -20,9 +23,6 @@ from ceindex.encoders._runtime import (
     resolve_device,
     weights_sha256,
 )
-from ceindex.encoders.base import EncoderDescription
-from ceindex.encoders.config import EncoderConfig
-from ceindex.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ceindex.encoders._assemble import InputAssembler
-from ceindex.encoders._runtime import SerialTokenizer, check_texts, l2_normalize, length_sorted_batches, masked_mean
 from ceindex.errors import ConfigError
+from ceindex.models.assemble import InputAssembler
+from ceindex.models.runtime import SerialTokenizer, check_texts, l2_normalize, length_sorted_batches, masked_mean
 
 log = logging.getLogger(__name__)
 

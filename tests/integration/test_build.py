@@ -10,8 +10,8 @@ import pytest
 
 from ceindex.backends import open_backend
 from ceindex.config import BuildConfig, OpenSearchConfig, Settings
-from ceindex.encoders import EncoderConfig, load_encoder
 from ceindex.errors import BackendError, EncoderMismatchError
+from ceindex.models import EncoderConfig, load_encoder
 from indexer.build import build_index
 from tests.conftest import SAMPLE
 

@@ -10,8 +10,8 @@ import pytest
 from ceindex.backends import open_backend
 from ceindex.config import OpenSearchConfig, SearchConfig, Settings
 from ceindex.data.corpus import corpus_path
-from ceindex.encoders import EncoderConfig, load_encoder
 from ceindex.errors import BackendError, ConfigError, EncoderMismatchError, InputError
+from ceindex.models import EncoderConfig, load_encoder
 from indexer.build import build_index
 from search_pipeline import SearchPipeline
 from tests.conftest import SAMPLE

@@ -10,10 +10,10 @@ from typing import Iterator
 import httpx
 import pytest
 
-from ceindex.config import SearchConfig, Settings
 from ceindex.backends import open_backend
+from ceindex.config import SearchConfig, Settings
 from ceindex.data.corpus import corpus_path
-from ceindex.encoders import EncoderConfig, load_encoder
+from ceindex.models import EncoderConfig, load_encoder
 from indexer.build import build_index
 from search_pipeline import SearchPipeline
 from search_pipeline.server import create_app

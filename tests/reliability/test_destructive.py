@@ -24,8 +24,8 @@ from ceindex.backends.embedded import EmbeddedBackend
 from ceindex.backends.names import LOCKS_INDEX, index_name
 from ceindex.cli import cli
 from ceindex.config import BuildConfig, OpenSearchConfig, Settings
-from ceindex.encoders import EncoderConfig, load_encoder
 from ceindex.errors import BackendError, ConfigError
+from ceindex.models import EncoderConfig, load_encoder
 from indexer.build import build_index
 from tests.conftest import REPO, SAMPLE
 
@@ -87,7 +87,8 @@ def test_prune_never_deletes_another_alias_with_the_same_prefix(base: Settings, 
 
 # --- 3. index names: one validated type, never a path outside the store ---------------------------------------
 BAD_NAMES = ["", ".", "..", "*", "semi;rm", "a/b", "../../../x", "/abs/path", "x" * 300, "Upper", "a b", "a,b",
-             "-dash", "_under", "q?", "a:b", "a\\b", LOCKS_INDEX, "pp-20261129t054512123"]
+             "-dash", "_under", "q?", "a:b", "a\\b", LOCKS_INDEX, "pp-20261129t054512123", "abc\n", "café",
+             "a-\u0662\u0660\u0662\u0666\u0661\u0661\u0662\u0669t\u0660\u0665\u0664\u0665\u0661\u0662\u0661\u0662\u0663"]
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)
@@ -218,21 +219,73 @@ def test_embedded_lock_of_a_killed_builder_does_not_block(ceindex_home: Path, en
     assert _build(Settings(home=str(ceindex_home)), encoder, "orphan", SAMPLE_CORPUS, tmp_path).published
 
 
-def test_opensearch_stale_lock_of_a_dead_builder_is_taken_over(opensearch_url: str, encoder, tmp_path: Path) -> None:
-    settings = Settings(opensearch=OpenSearchConfig(url=opensearch_url, max_retries=1, timeout=10),
-                        build=BuildConfig(encode_batch_docs=10))
-    alias = _unique("stale")
+def _os_settings(url: str) -> Settings:
+    return Settings(opensearch=OpenSearchConfig(url=url, max_retries=1, timeout=10), build=BuildConfig(encode_batch_docs=10))
+
+
+def test_opensearch_lock_of_a_silent_holder_is_taken_over_on_our_clock(
+    opensearch_url: str, encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A holder on another machine whose heartbeat stopped: taken over once its document has not changed for
+    STALE_S on OUR clock (its own timestamp is never trusted: clocks differ between machines)."""
+    from ceindex.backends import cluster_lock
+
+    monkeypatch.setattr(cluster_lock, "STALE_S", 2.0)
+    settings, alias = _os_settings(opensearch_url), _unique("stale")
     backend = open_backend(settings)
     try:
-        backend._ensure_locks_index()  # noqa: SLF001
+        backend.locks._ensure_index()  # noqa: SLF001
+        future = time.time() + 3600  # a holder whose clock runs an hour ahead
         backend.client.index(index=LOCKS_INDEX, id=alias, refresh=True,
-                             body={"owner": "pid 1 on elsewhere", "pid": 1, "host": "elsewhere", "heartbeat": time.time()})
-        with pytest.raises(BackendError, match="being built right now by pid 1 on elsewhere"):
-            _build(settings, encoder, alias, SAMPLE_CORPUS, tmp_path)
-        backend.client.index(index=LOCKS_INDEX, id=alias, refresh=True,
-                             body={"owner": "pid 1 on elsewhere", "pid": 1, "host": "elsewhere", "heartbeat": time.time() - 600})
+                             body={"owner": "pid 1 on elsewhere", "pid": 1, "host": "elsewhere", "heartbeat": future})
+        begin = time.monotonic()
         assert _build(settings, encoder, alias, SAMPLE_CORPUS, tmp_path).published
+        assert time.monotonic() - begin >= 2.0
     finally:
+        backend.close()
+
+
+def test_opensearch_lock_of_a_live_holder_in_another_process_is_refused(
+    opensearch_url: str, encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ceindex.backends import cluster_lock
+
+    monkeypatch.setattr(cluster_lock, "STALE_S", 20.0)
+    alias = _unique("alive")
+    script = ("import sys, time\nfrom ceindex.backends import cluster_lock\ncluster_lock.HEARTBEAT_S = 0.5\n"
+              "from ceindex.backends.opensearch import OpenSearchBackend\nfrom ceindex.config import OpenSearchConfig\n"
+              "backend = OpenSearchBackend(OpenSearchConfig(url=sys.argv[1]))\n"
+              "with backend.build_lock(sys.argv[2]):\n    print('locked', flush=True); time.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", script, opensearch_url, alias], stdout=subprocess.PIPE, cwd=REPO,
+                             text=True)
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        begin = time.monotonic()
+        with pytest.raises(BackendError, match=f"being built right now by pid {child.pid}"):
+            _build(_os_settings(opensearch_url), encoder, alias, SAMPLE_CORPUS, tmp_path)
+        assert time.monotonic() - begin < 10, "a live holder's heartbeat should be seen within a few beats"
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_opensearch_builder_that_lost_its_lock_publishes_nothing_and_deletes_no_lock(
+    opensearch_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ceindex.backends import cluster_lock
+
+    monkeypatch.setattr(cluster_lock, "HEARTBEAT_S", 0.2)
+    alias = _unique("lost")
+    backend = open_backend(_os_settings(opensearch_url))
+    try:
+        with backend.build_lock(alias):
+            backend.client.index(index=LOCKS_INDEX, id=alias, refresh=True,  # another builder took it over
+                                 body={"owner": "pid 2 on elsewhere", "token": "theirs", "heartbeat": time.time()})
+            with pytest.raises(cluster_lock.LostLock, match="taken over by another builder"):
+                backend.locks.check(alias, verify=True)
+        assert backend.client.get(index=LOCKS_INDEX, id=alias)["_source"]["token"] == "theirs"
+    finally:
+        backend.client.delete(index=LOCKS_INDEX, id=alias, refresh=True)
         backend.close()
 
 
@@ -319,3 +372,21 @@ def test_build_summary_json_is_valid_and_reports_publication(ceindex_home: Path,
                                       "--encoder", f"ce:{tiny_ce_dir},layer=1", "--max-length", "64", "--no-progress"])
     summary = json.loads(result.stdout)
     assert result.exit_code == 0 and summary["published"] is True and summary["encoded"] == 30
+
+
+def test_rows_refused_by_opensearch_survive_a_resume_and_allow_rejects_publishes(opensearch_url: str, encoder,
+                                                                                 tmp_path: Path) -> None:
+    """A row OpenSearch refuses (mapping conflict) was counted only by the run that wrote it: the documented
+    `--allow-rejects` rerun then failed its count check forever (read 6, indexed 5, rejected 0)."""
+    corpus = tmp_path / "refused.jsonl"
+    rows = [{"_id": f"d{i}", "text": f"document number {i} about cells", "x": i} for i in range(1, 7)]
+    rows[2]["x"] = "not a number"  # d3: the mapping made x a long from d1
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings, alias = _os_settings(opensearch_url), _unique("refused")
+    held = _build(settings, encoder, alias, corpus, tmp_path)
+    assert (held.indexed, held.rejected, held.published) == (5, 1, False)
+    assert "rejected by OpenSearch" in Path(held.rejects_file).read_text()
+    allowed = _build(replace(settings, build=replace(settings.build, allow_rejects=True)), encoder, alias, corpus, tmp_path)
+    assert (allowed.physical, allowed.encoded, allowed.rejected, allowed.count_ok, allowed.published) == (
+        held.physical, 0, 1, True, True)
+    assert "d3" in Path(allowed.rejects_file).read_text()

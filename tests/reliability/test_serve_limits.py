@@ -25,8 +25,8 @@ import pytest
 from ceindex.backends import open_backend
 from ceindex.config import SearchConfig, ServeConfig, Settings, defaults_yaml, load_settings
 from ceindex.data.corpus import corpus_path
-from ceindex.encoders import EncoderConfig, load_encoder
 from ceindex.errors import BackendError, ConfigError, InputError
+from ceindex.models import EncoderConfig, load_encoder
 from indexer.build import build_index
 from search_pipeline import SearchPipeline, SearchResult
 from search_pipeline.server import QUERIES_PER_CHUNK, api_key_from_env, create_app

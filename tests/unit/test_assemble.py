@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from ceindex.encoders._assemble import InputAssembler, longest_first
 from ceindex.errors import ConfigError
+from ceindex.models.assemble import InputAssembler, longest_first
 from tests.conftest import FIXTURE_CE, SCIFACT, SHARED
 from tests.unit._tiny_models import FAMILIES, WORDS, build_tiny_ce
 
@@ -93,7 +93,7 @@ def test_matches_the_fixture_tokenizer_on_scifact() -> None:
 
 @pytest.mark.parametrize("family", ["bert", "roberta"])
 def test_reranker_scores_equal_the_tokenizer_path(family: str, tmp_path: Path) -> None:
-    from search_pipeline.rerank import CrossEncoderReranker
+    from ceindex.models.scorer import CrossEncoderReranker
 
     reranker = CrossEncoderReranker(str(build_tiny_ce(family, tmp_path / family)), batch_size=4, max_length=40,
                                     device="cpu")

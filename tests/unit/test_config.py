@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from ceindex.config import apply_overrides, defaults_yaml, load_settings, opensearch_credentials
-from ceindex.encoders.config import EncoderConfig, parse_encoder_spec
 from ceindex.errors import ConfigError
+from ceindex.models.config import EncoderConfig, parse_encoder_spec
 
 
 def test_defaults_yaml_round_trips_to_defaults(tmp_path: Path) -> None:

@@ -119,7 +119,7 @@ def test_copy_two_layers_and_control_from_a_dual_encoder(tiny_ce_dir: Path, tmp_
 
 
 def test_saved_student_loads_with_dual_encoder(tiny_ce_dir: Path, tmp_path: Path) -> None:
-    from ceindex.encoders import EncoderConfig, load_encoder
+    from ceindex.models import EncoderConfig, load_encoder
 
     student, tokenizer, _ = build_student(StudentConfig(str(tiny_ce_dir)))
     folder = save_student(student, tokenizer, tmp_path / "student", max_seq_length=64)
@@ -150,7 +150,7 @@ def test_batches_hold_no_conflicting_pairs() -> None:
 
 # --------------------------------------------------------------------------- training
 def test_training_lowers_the_loss_and_writes_the_record(trained: tuple[Path, object], tiny_ce_dir: Path) -> None:
-    from ceindex.encoders import EncoderConfig, load_encoder
+    from ceindex.models import EncoderConfig, load_encoder
 
     out, result = trained
     meta = json.loads((out / META_FILE).read_text(encoding="utf-8"))

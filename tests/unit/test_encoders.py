@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from ceindex.encoders import EncoderConfig, encoder_config_from_description, load_encoder
-from ceindex.encoders.ce_layer import CELayerEncoder, CrossEncoderLayers, find_layer_stack
 from ceindex.errors import ConfigError, InputError, ModelError
+from ceindex.models import EncoderConfig, encoder_config_from_description, load_encoder
+from ceindex.models.ce_layer import CELayerEncoder, CrossEncoderLayers, find_layer_stack
 from tests.unit._tiny_models import DEPTH, FAMILIES, build_tiny_ce, build_tiny_sentence_transformer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -222,7 +222,7 @@ def test_unrecognisable_layer_stack() -> None:
 def test_dual_encoder_mean_pools_all_real_tokens(tmp_path: Path) -> None:
     from transformers import AutoModel, AutoTokenizer
 
-    from ceindex.encoders.dual import baseline_de_path
+    from ceindex.models.dual import baseline_de_path
 
     folder = build_tiny_sentence_transformer(tmp_path / "st")
     encoder = load_encoder(EncoderConfig(kind="dual", model=str(folder), device="cpu", batch_size=2))

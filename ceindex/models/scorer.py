@@ -1,0 +1,80 @@
+"""The full cross-encoder as a scorer: one relevance logit per (query, document) pair.
+
+Model core: the search pipeline re-ranks with it, evaluation re-ranks candidate runs with it and distillation
+uses it as the teacher.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ceindex.models.assemble import InputAssembler
+from ceindex.models.runtime import (
+    SerialTokenizer,
+    length_sorted_batches,
+    load_pretrained,
+    prepare_model,
+    resolve_device,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class CrossEncoderReranker:
+    """Scores pairs with ``AutoModelForSequenceClassification`` (higher = more relevant)."""
+
+    def __init__(
+        self, model: str, *, batch_size: int = 32, max_length: int = 256, dtype: str = "float32", device: str = "auto"
+    ) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.model_ref = model
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.device = resolve_device(device)
+        self.tokenizer = load_pretrained(model, "ce-layer", AutoTokenizer.from_pretrained, "cross-encoder tokenizer")
+        loaded = load_pretrained(
+            model, "ce-layer", AutoModelForSequenceClassification.from_pretrained, "cross-encoder"
+        )
+        self.model = prepare_model(loaded, dtype, self.device)
+        # a query's text is shared by all its pairs and a document's by every query that retrieved it: tokenise
+        # each distinct text once and assemble the pairs (identical to the tokenizer's own pair encoding)
+        self._assembler = InputAssembler.for_tokenizer(self.tokenizer, pair=True)
+        self._input_names = set(self.tokenizer.model_input_names)
+        self._tokenize = SerialTokenizer(self.tokenizer)  # score() may run in several threads at once
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """Relevance scores in input order; pairs are batched by length for speed."""
+        if not pairs:
+            return np.zeros(0, dtype=np.float32)
+        ids: dict[str, list[int]] = {}
+        if self._assembler is not None:
+            distinct = list(dict.fromkeys(text for pair in pairs for text in pair))
+            ids = dict(zip(distinct, self._tokenize(distinct, add_special_tokens=False, verbose=False)["input_ids"]))
+            lengths = [len(ids[q]) + len(ids[d]) for q, d in pairs]
+        else:
+            lengths = [len(q) + len(d) for q, d in pairs]
+        out = np.zeros(len(pairs), dtype=np.float32)
+        with torch.inference_mode():
+            for batch in length_sorted_batches(lengths, self.batch_size):
+                if self._assembler is not None:
+                    assembled = self._assembler([ids[pairs[i][0]] for i in batch], self.max_length,
+                                                second=[ids[pairs[i][1]] for i in batch])
+                    encoded = {k: v.to(self.device) for k, v in assembled.items() if k in self._input_names}
+                else:
+                    encoded = self._tokenize(
+                        [pairs[i][0] for i in batch],
+                        [pairs[i][1] for i in batch],
+                        padding=True,
+                        truncation="longest_first",
+                        max_length=self.max_length,
+                        return_tensors="pt",
+                    ).to(self.device)
+                logits = self.model(**encoded).logits
+                # one logit: relevance; two (not relevant, relevant): their difference ranks like the softmax
+                column = logits[:, 0] if logits.shape[-1] == 1 else logits[:, -1] - logits[:, 0]
+                out[batch] = column.float().cpu().numpy()
+        return out
