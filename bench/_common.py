@@ -39,10 +39,10 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
 
 
 def bm25_run(ids: list[str], bodies: list[str], qids: list[str], queries: list[str], k: int = 100) -> dict:
-    """BM25 top-k (bm25s, Lucene formula, the embedded backend's k1/b and tokeniser) as {qid: {doc_id: score}}."""
+    """BM25 top-k (bm25s, Lucene formula, ceindex.text's k1/b and tokeniser) as {qid: {doc_id: score}}."""
     import bm25s
 
-    from ceindex.backends.embedded import BM25_B, BM25_K1, bm25_tokenize
+    from ceindex.text import BM25_B, BM25_K1, bm25_tokenize
 
     retriever = bm25s.BM25(k1=BM25_K1, b=BM25_B, method="lucene")
     retriever.index(bm25_tokenize(bodies), show_progress=False)

@@ -38,30 +38,17 @@ from ceindex.backends.names import index_name, is_physical_of, looks_physical, s
 from ceindex.data.corpus import Document, Rejected
 from ceindex.models.base import EncoderDescription
 from ceindex.errors import BackendError
+from ceindex.text import BM25_B, BM25_K1, bm25_tokenize, import_bm25s
 
 logger = logging.getLogger(__name__)
 
 
-def import_bm25s() -> Any:
-    """bm25s, with its logger quietened (it sets itself to DEBUG on import and logs every index build)."""
-    import bm25s
-
-    logging.getLogger("bm25s").setLevel(logging.WARNING)
-    return bm25s
-
-BM25_K1, BM25_B = 1.2, 0.75
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
     id TEXT PRIMARY KEY, title TEXT NOT NULL, text TEXT NOT NULL, metadata TEXT NOT NULL, vector BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-
-
-def bm25_tokenize(texts: Sequence[str]) -> Any:
-    import Stemmer
-
-    return import_bm25s().tokenize(list(texts), stopwords="en", stemmer=Stemmer.Stemmer("english"), show_progress=False)
 
 
 class _LoadedIndex:

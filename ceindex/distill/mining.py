@@ -1,6 +1,6 @@
 """BM25 hard negatives: for each training query, documents BM25 ranks high that are NOT judged relevant.
 
-BM25 is the embedded backend's (bm25s, Lucene formula, k1 1.2 b 0.75, English stemmer + stop words),
+BM25 is the embedded backend's (``ceindex.text``: bm25s, Lucene formula, k1 1.2 b 0.75, English stemmer, stop words),
 so the negatives are the documents a hybrid search would actually confuse with the relevant ones.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ import logging
 import random
 from typing import Mapping, Sequence
 
-from ceindex.backends.embedded import BM25_B, BM25_K1, bm25_tokenize
+from ceindex.text import BM25_B, BM25_K1, bm25_tokenize
 
 log = logging.getLogger(__name__)
 
