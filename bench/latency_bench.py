@@ -26,8 +26,7 @@ from ceindex.data.corpus import corpus_path  # noqa: E402
 from ceindex.evaluation.topics import load_topics  # noqa: E402
 from ceindex.models import EncoderConfig, load_encoder  # noqa: E402
 from indexer.build import build_index  # noqa: E402
-from search_pipeline import SearchPipeline  # noqa: E402
-from search_pipeline.pipeline import STAGES  # noqa: E402
+from search_pipeline import STAGES, SearchPipeline  # noqa: E402
 
 
 def percentiles(values: list[float]) -> str:

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ceindex.evaluation.systems import System
-from search_pipeline import SearchPipeline
-from search_pipeline.pipeline import STAGES
+from search_pipeline import STAGES, SearchPipeline, rerank_candidates, reranked_order
+
+if TYPE_CHECKING:
+    from ceindex.models.scorer import CrossEncoderReranker
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ def run_system(
 
 
 def rerank_only(
-    pipeline_reranker,
+    pipeline_reranker: CrossEncoderReranker,
     name: str,
     queries: Mapping[str, str],
     candidates: Mapping[str, Sequence[str]],
@@ -74,8 +76,6 @@ def rerank_only(
 ) -> SystemRun:
     """Re-rank a given candidate run (e.g. a BM25 top-100) with the cross-encoder, query by query."""
     import time
-
-    from search_pipeline.rerank import rerank_candidates, reranked_order
 
     result = SystemRun(name, {})
     for qid in tqdm(list(queries), desc=f"eval {name}", unit="q", disable=not progress):
