@@ -56,7 +56,6 @@ def _register() -> None:
     from ceindex.commands.search import search_command
     from ceindex.commands.serve import serve_command
     from ceindex.commands.eval import eval_command
-    from ceindex.commands.stubs import STUBS
 
     cli.add_command(build_command, name="build")
     cli.add_command(config_command, name="config")
@@ -68,9 +67,6 @@ def _register() -> None:
 
     cli.add_command(layers_command, name="layers")
     cli.add_command(distill_command, name="distill")
-    for name, command in STUBS.items():
-        if name not in cli.commands:
-            cli.add_command(command, name=name)
 
 
 _register()

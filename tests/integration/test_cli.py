@@ -67,9 +67,25 @@ def test_errors_are_one_line_with_exit_2(run) -> None:
     assert "error: give exactly one of --data DIR" in result.output
 
 
+# every real subcommand and the start of the purpose its help states: a lost registration fails here
+SUBCOMMANDS = {
+    "build": "Read a corpus, embed every document, and write BM25 text plus its vector into an index.",
+    "config": "Print the configuration keys, their defaults and the flag that overrides each.",
+    "search": "Search an index: BM25 + k-NN recall, fusion, then cross-encoder re-ranking.",
+    "serve": "Serve an index over HTTP so apps in any language can search it.",
+    "eval": "Score retrieval systems against relevance judgements with ranx.",
+    "layers": "Score every layer of a cross-encoder as a first-stage embedder",
+    "distill": "Turn a cross-encoder into a small, fast dual encoder",
+}
+
+
 def test_help_texts(run) -> None:
-    for command in ("build", "search", "serve", "eval", "config", "layers", "distill"):
-        assert "Usage:" in run(command, "--help").stdout
+    assert set(cli.commands) == set(SUBCOMMANDS)
+    listed = run("--help").stdout
+    for command, purpose in SUBCOMMANDS.items():
+        assert f"\n  {command} " in listed, f"`ceindex --help` does not list {command}"
+        text = " ".join(run(command, "--help").stdout.split())
+        assert text.split()[:3:2] == ["Usage:", command] and purpose in text, text
 
 
 def test_fusion_weights_tuned_on_a_split(run) -> None:
