@@ -111,7 +111,7 @@ def build_index(
         summary = BuildSummary(index=alias, physical=state.physical, resumed_from=state.committed)
         rejects = _load(backend, encoder, corpus, build, state, summary, progress)
         summary.indexed = backend.seal(state, settings)
-        _record_rejects(rejects, rejects_path, summary)
+        _record_rejects(rejects, state.refused_total - len(state.refused), rejects_path, summary)
         summary.held_back = _publish_blocker(summary, build)
         if summary.held_back is None:
             backend.publish(state)
@@ -165,12 +165,12 @@ def _load(
     records = read_documents(corpus, id_field=build.id_field, text_field=build.text_field, title_field=build.title_field)
     bar = tqdm(desc=f"build {state.alias}", unit="doc", disable=not progress, initial=0)
 
-    def write(docs: list[Document], vectors: np.ndarray, end: int) -> tuple[list[Rejected], float]:
+    def write(docs: list[Document], vectors: np.ndarray, end: int) -> float:
         begin = time.perf_counter()
-        failed = backend.write(state, docs, vectors) if docs else []
+        state.record_refused(backend.write(state, docs, vectors) if docs else [])
         state.committed = end
-        backend.commit(state)
-        return failed, time.perf_counter() - begin
+        backend.commit(state)  # the position and the refused rows become durable together
+        return time.perf_counter() - begin
 
     pending: Future | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ceindex-write") as writer:
@@ -195,22 +195,28 @@ def _load(
             summary.encode_s += time.perf_counter() - begin
             summary.encoded += len(good)
             if pending is not None:
-                _collect(pending, rejects, summary)
+                summary.write_s += pending.result()
             pending = writer.submit(write, good, vectors, position)
-            bar.set_postfix(rejected=len(rejects))
+            bar.set_postfix(rejected=len(rejects) + state.refused_total)
         if pending is not None:
-            _collect(pending, rejects, summary)
+            summary.write_s += pending.result()
     bar.close()
     summary.read_s = read_timer[0]
-    return rejects
+    return rejects + [Rejected(**row) for row in state.refused]
 
 
-def _record_rejects(rejects: list[Rejected], rejects_path: Path, summary: BuildSummary) -> None:
-    summary.rejected = len(rejects)
+def _record_rejects(rejects: list[Rejected], untold: int, rejects_path: Path, summary: BuildSummary) -> None:
+    """Count the rejects (``untold``: refused rows beyond those whose details were kept) and write the file; a
+    rejects file left by an earlier run of this build is removed when nothing is rejected now."""
+    summary.rejected = len(rejects) + untold
     for reject in rejects:
         kind = _reason_kind(reject.reason)
         summary.rejects_by_reason[kind] = summary.rejects_by_reason.get(kind, 0) + 1
-    if rejects:
+    if untold:
+        summary.rejects_by_reason["refused by the store (details not kept)"] = untold
+    if not rejects:
+        rejects_path.unlink(missing_ok=True)
+    else:
         rejects_path.parent.mkdir(parents=True, exist_ok=True)
         with open(rejects_path, "w", encoding="utf-8") as handle:
             for reject in rejects:
@@ -233,7 +239,3 @@ def _publish_blocker(summary: BuildSummary, build: BuildConfig) -> str | None:
     return None
 
 
-def _collect(pending: Future, rejects: list[Rejected], summary: BuildSummary) -> None:
-    failed, seconds = pending.result()
-    rejects.extend(failed)
-    summary.write_s += seconds

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ceindex.data.corpus import Document, Rejected
+from ceindex.errors import BackendError
 from ceindex.models.base import EncoderDescription
 
 logger = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ MAPPING_VERSION = 1
 # A build is "building" while batches are written and "complete" once sealed (settings restored, counted); it
 # serves under its alias only after publish(), which the build does only when the result is good.
 BUILDING, COMPLETE = "building", "complete"
+MAX_REFUSED_KEPT = 1000  # refused rows whose details a build keeps (their count is always exact)
 
 
 @dataclass
@@ -35,13 +37,23 @@ class BuildState:
     corpus_fingerprint: str
     committed: int = 0  # corpus records (good or bad) fully handled and durable
     status: str = BUILDING
+    # rows the store itself refused in committed batches (a resume skips those batches, so they are kept here)
+    refused: list[dict[str, Any]] = field(default_factory=list)  # the first MAX_REFUSED_KEPT, as Rejected.to_dict()
+    refused_total: int = 0
+
+    def record_refused(self, rows: Sequence[Rejected]) -> None:
+        self.refused_total += len(rows)
+        room = max(0, MAX_REFUSED_KEPT - len(self.refused))
+        self.refused.extend(row.to_dict() for row in rows[:room])
 
     def to_meta(self) -> dict[str, Any]:
+        build = {"status": self.status, "committed": self.committed, "corpus": self.corpus_fingerprint,
+                 "refused": self.refused, "refused_total": self.refused_total}
         return {
             "ceindex_mapping_version": MAPPING_VERSION,
             "alias": self.alias,
             "encoder": self.encoder.to_dict(),
-            "build": {"status": self.status, "committed": self.committed, "corpus": self.corpus_fingerprint},
+            "build": build,
         }
 
     @classmethod
@@ -54,6 +66,8 @@ class BuildState:
             corpus_fingerprint=build.get("corpus", ""),
             committed=int(build.get("committed", 0)),
             status=build.get("status", COMPLETE),
+            refused=list(build.get("refused", [])),
+            refused_total=int(build.get("refused_total", 0)),
         )
 
 
@@ -114,6 +128,13 @@ class Backend(ABC):
     @abstractmethod
     def alias_target(self, alias: str) -> str | None:
         """The physical index ``alias`` points at, or None."""
+
+    @staticmethod
+    def lock_conflict(alias: str, holder: str) -> BackendError:
+        return BackendError(
+            f"index '{alias}' is being built right now by {holder}; wait for that build to finish (or stop it) — "
+            "two builders of one index would overwrite each other"
+        )
 
     @abstractmethod
     def build_lock(self, alias: str) -> AbstractContextManager[None]:

@@ -153,11 +153,7 @@ class EmbeddedBackend(Backend):
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 handle.seek(0)
-                holder = handle.read().strip() or "another process"
-                raise BackendError(
-                    f"index '{alias}' is being built right now by {holder}; wait for that build to finish "
-                    "(or stop it) — two builders of one index would overwrite each other"
-                ) from None
+                raise self.lock_conflict(alias, handle.read().strip() or "another process") from None
             handle.seek(0)
             handle.truncate()
             handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")

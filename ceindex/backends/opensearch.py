@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import threading
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from ceindex.backends.base import COMPLETE, Backend, BuildState, Hit, IndexInfo, IndexSettings
-from ceindex.backends.names import LOCKS_INDEX, index_name, is_physical_of, searchable_name
+from ceindex.backends.cluster_lock import ClusterBuildLock
+from ceindex.backends.names import index_name, is_physical_of, searchable_name
 from ceindex.config import OpenSearchConfig, opensearch_credentials
 from ceindex.data.corpus import Document, Rejected
 from ceindex.models.base import EncoderDescription
@@ -24,8 +22,6 @@ logger = logging.getLogger(__name__)
 
 SOURCE_FIELDS = ["doc_id", "title", "text", "metadata"]
 RETRY_STATUSES = (429, 502, 503, 504)
-LOCK_HEARTBEAT_S, LOCK_STALE_S = 10.0, 60.0
-_HELD_LOCKS: set[str] = set()  # aliases whose build lock this process holds
 
 
 def _backoff_transport() -> type:
@@ -130,6 +126,8 @@ class OpenSearchBackend(Backend):
         self.chunk_bytes = chunk_bytes
         self.url = redact(config.url or "")  # for messages: never the credentials
         self.client = client or make_client(config)
+        self.locks = ClusterBuildLock(self.client, lambda exc, action: _translate(exc, self.url, action),
+                                      self.lock_conflict)
         self._neural_search: bool | None = None
         self._pipelines: set[str] = set()
 
@@ -190,111 +188,8 @@ class OpenSearchBackend(Backend):
             raise BackendError(f"index {targets[0]} behind alias '{alias}' has no ceindex metadata (_meta.encoder)")
         return EncoderDescription.from_dict(meta["encoder"])
 
-    # --- the build lock: one document per alias in LOCKS_INDEX, created atomically, kept alive by a heartbeat ---
-    @contextmanager
-    def build_lock(self, alias: str) -> Iterator[None]:
-        """A lock document ``LOCKS_INDEX/_doc/ALIAS`` (created with op_type=create, so only one builder gets it),
-        refreshed every LOCK_HEARTBEAT_S by a thread; one whose heartbeat is older than LOCK_STALE_S belongs to a
-        builder that died and is taken over (compare-and-set on its sequence number)."""
-        index_name(alias)
-        self._ensure_locks_index()
-        version = self._acquire_lock(alias)
-        _HELD_LOCKS.add(alias)
-        stop = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(alias, version, stop), daemon=True,
-                                name=f"ceindex-lock-{alias}")
-        beat.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            beat.join(timeout=5)
-            _HELD_LOCKS.discard(alias)
-            self._release_lock(alias)
-
-    def _lock_body(self) -> dict[str, Any]:
-        return {"owner": f"pid {os.getpid()} on {socket.gethostname()}", "pid": os.getpid(),
-                "host": socket.gethostname(), "heartbeat": time.time(),
-                "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-
-    @staticmethod
-    def _holder_gone(alias: str, holder: dict[str, Any]) -> bool:
-        """Whether a lock's holder is known dead: a process of this host that no longer runs, or this very
-        process when it does not hold the lock (its earlier build failed and could not release it)."""
-        if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
-            return False
-        if holder["pid"] == os.getpid():
-            return alias not in _HELD_LOCKS
-        try:
-            os.kill(holder["pid"], 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
-
-    def _ensure_locks_index(self) -> None:
-        from opensearchpy import RequestError
-
-        if self._call("checking the build-lock index", self.client.indices.exists, index=LOCKS_INDEX):
-            return
-        body = {"settings": {"index": {"number_of_shards": 1, "auto_expand_replicas": "0-1"}},
-                "mappings": {"dynamic": False, "properties": {"heartbeat": {"type": "double"}}}}
-        try:
-            self.client.indices.create(index=LOCKS_INDEX, body=body)
-        except RequestError as exc:  # created by a concurrent builder in between
-            if "already_exists" not in str(exc):
-                raise _translate(exc, self.url, "creating the build-lock index") from exc
-        except Exception as exc:  # noqa: BLE001
-            raise _translate(exc, self.url, "creating the build-lock index") from exc
-
-    def _acquire_lock(self, alias: str) -> tuple[int, int]:
-        from opensearchpy import ConflictError
-
-        try:
-            done = self.client.index(index=LOCKS_INDEX, id=alias, body=self._lock_body(), op_type="create", refresh=True)
-            return done["_seq_no"], done["_primary_term"]
-        except ConflictError:
-            pass
-        except Exception as exc:  # noqa: BLE001
-            raise _translate(exc, self.url, f"taking the build lock of {alias}") from exc
-        held = self._call(f"reading the build lock of {alias}", self.client.get, index=LOCKS_INDEX, id=alias)
-        age = time.time() - float(held["_source"].get("heartbeat", 0))
-        holder = held["_source"].get("owner", "another builder")
-        if age < LOCK_STALE_S and not self._holder_gone(alias, held["_source"]):
-            raise BackendError(
-                f"index '{alias}' is being built right now by {holder} (since {held['_source'].get('since', '?')}, "
-                f"last heartbeat {age:.0f} s ago); wait for that build to finish or stop it — two builders of one "
-                "index would overwrite each other"
-            )
-        logger.warning("taking over the build lock of %s from %s (that builder died; last heartbeat %.0f s ago)",
-                       alias, holder, age)
-        try:
-            done = self.client.index(index=LOCKS_INDEX, id=alias, body=self._lock_body(), refresh=True,
-                                     if_seq_no=held["_seq_no"], if_primary_term=held["_primary_term"])
-        except ConflictError:
-            raise BackendError(f"another builder took the lock of '{alias}' at the same moment; try again") from None
-        return done["_seq_no"], done["_primary_term"]
-
-    def _heartbeat(self, alias: str, version: tuple[int, int], stop: threading.Event) -> None:
-        while not stop.wait(LOCK_HEARTBEAT_S):
-            try:
-                done = self.client.index(index=LOCKS_INDEX, id=alias, body=self._lock_body(),
-                                         if_seq_no=version[0], if_primary_term=version[1])
-                version = (done["_seq_no"], done["_primary_term"])
-            except Exception as exc:  # noqa: BLE001 - the build itself reports a dead cluster
-                logger.debug("build lock heartbeat of %s failed: %s", alias, exc)
-
-    def _release_lock(self, alias: str) -> None:
-        from opensearchpy import NotFoundError
-
-        try:
-            self.client.delete(index=LOCKS_INDEX, id=alias, refresh=True)
-        except NotFoundError:
-            pass
-        except Exception as exc:  # noqa: BLE001 - a stale lock is taken over after LOCK_STALE_S
-            logger.warning("could not release the build lock of %s (%s); it expires after %.0f s",
-                           alias, redact(str(exc)), LOCK_STALE_S)
+    def build_lock(self, alias: str) -> AbstractContextManager[None]:
+        return self.locks.hold(index_name(alias))
 
     def create(self, state: BuildState, settings: IndexSettings) -> None:
         body = index_body(
@@ -356,6 +251,7 @@ class OpenSearchBackend(Backend):
         return rejects
 
     def commit(self, state: BuildState) -> None:
+        self.locks.check(state.alias)
         self._call(
             f"recording progress in {state.physical}",
             self.client.indices.put_mapping,
@@ -364,6 +260,7 @@ class OpenSearchBackend(Backend):
         )
 
     def seal(self, state: BuildState, settings: IndexSettings) -> int:
+        self.locks.check(state.alias)
         physical = state.physical
         self._call(
             "restoring index settings",
@@ -378,6 +275,7 @@ class OpenSearchBackend(Backend):
         return count
 
     def publish(self, state: BuildState) -> None:
+        self.locks.check(state.alias, verify=True)
         physical = state.physical
         actions: list[dict[str, Any]] = [
             {"remove": {"index": old, "alias": state.alias}} for old in self._alias_targets(state.alias) if old != physical
@@ -387,6 +285,7 @@ class OpenSearchBackend(Backend):
         logger.info("alias %s -> %s", state.alias, physical)
 
     def prune(self, alias: str) -> list[str]:
+        self.locks.check(alias, verify=True)
         current = set(self._alias_targets(alias))
         old = [name for name, meta in self.build_metas(alias).items() if meta.get("alias") == alias and name not in current]
         for name in sorted(old):

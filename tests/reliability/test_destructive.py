@@ -390,3 +390,23 @@ def test_rows_refused_by_opensearch_survive_a_resume_and_allow_rejects_publishes
     assert (allowed.physical, allowed.encoded, allowed.rejected, allowed.count_ok, allowed.published) == (
         held.physical, 0, 1, True, True)
     assert "d3" in Path(allowed.rejects_file).read_text()
+
+
+@pytest.mark.parametrize("url", [f"bob:{SECRET}@127.0.0.1:1", f"http://bob:{SECRET} x@127.0.0.1:1",
+                                 f"http://bob:{SECRET}/x@127.0.0.1:1", "http://127.0.0.1:99999"])
+def test_malformed_cluster_urls_are_one_line_errors_that_never_repeat_the_url(ceindex_home: Path, url: str) -> None:
+    result = CliRunner().invoke(cli, ["search", "--opensearch", url, "--index", "x", "q"])
+    assert result.exit_code == 2 and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "the cluster URL (--opensearch) is not valid" in result.output
+    assert SECRET not in result.output and "Traceback" not in result.output
+
+
+def test_config_output_and_repr_never_show_url_credentials(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"opensearch:\n  url: https://bob:{SECRET}@cluster:9200\n")
+    for args in (["config", "--config", str(config), "--json"], ["config", "--config", str(config)]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0 and SECRET not in result.output and "https://***@cluster:9200" in result.output
+    from ceindex.config import load_settings
+
+    assert SECRET not in repr(load_settings(config)) and SECRET not in str(load_settings(config).opensearch)
