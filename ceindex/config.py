@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import yaml
 
 from ceindex.errors import ConfigError
+from ceindex.redact import redact_deep
 from ceindex.models.config import EncoderConfig
 
 HOME_ENV = "CEINDEX_HOME"
@@ -36,6 +37,13 @@ class OpenSearchConfig:
     ca_certs: str | None = _opt(None, "--ca-certs", "CA bundle (PEM) used to verify the cluster's certificate.")
     timeout: float = _opt(30.0, "--timeout", "Seconds to wait for one cluster request.")
     max_retries: int = _opt(5, "--max-retries", "Retries (exponential backoff) on 429, 5xx and timeouts.")
+
+    def __post_init__(self) -> None:
+        if self.url is not None:
+            check_cluster_url(self.url)
+
+    def __repr__(self) -> str:  # the URL may carry credentials
+        return "OpenSearchConfig(" + ", ".join(f"{f.name}={redact_deep(getattr(self, f.name))!r}" for f in fields(self)) + ")"
 
 
 @dataclass(frozen=True)
@@ -98,7 +106,8 @@ class Settings:
         return Path(self.home or os.environ.get(HOME_ENV) or Path.home() / ".ceindex").expanduser()
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_dict(self)
+        """Every setting, with credentials removed from URLs (for printing and reports)."""
+        return redact_deep(_to_dict(self))
 
 
 SECTIONS: dict[str, type] = {
@@ -203,6 +212,33 @@ def apply_overrides(settings: Settings, overrides: Mapping[str, Any]) -> Setting
     for section, values in per_section.items():
         top[section] = replace(getattr(settings, section), **values)
     return replace(settings, **top)
+
+
+def check_cluster_url(url: str) -> None:
+    """A ConfigError unless ``url`` is a well-formed http(s) URL; the message never repeats the URL (it may hold
+    a password)."""
+    from urllib.parse import urlsplit
+
+    problem = None
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        problem, parts, port = str(exc).split(" as ")[0].split(" value")[0].lower(), None, None
+    if problem is None and parts is not None:
+        if parts.scheme not in ("http", "https"):
+            problem = "it must start with http:// or https://"
+        elif not parts.hostname:
+            problem = "it has no host name"
+        elif any(c.isspace() for c in url):
+            problem = "it contains whitespace (percent-encode it, e.g. %20)"
+        elif port is not None and not 0 < port < 65536:
+            problem = "its port is outside 1-65535"
+    if problem:
+        raise ConfigError(
+            f"the cluster URL (--opensearch) is not valid: {problem}; write it as https://HOST:PORT "
+            f"(credentials: ${USER_ENV} / ${PASSWORD_ENV}, or percent-encoded in the URL)"
+        )
 
 
 def opensearch_credentials() -> tuple[str, str] | None:
