@@ -25,6 +25,7 @@ class EncoderDescription:
     max_length: int = 256
     normalized: bool = True
     dtype: str = "float32"
+    tokenizer_sha256: str | None = None  # hash of the tokenizer files (None in indexes built before it was recorded)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -49,10 +50,14 @@ class EncoderDescription:
 
     def build_key(self) -> dict[str, Any]:
         """Everything that changes a document's vector: one build never mixes two of these."""
-        return self.compatibility_key() | {"max_length": self.max_length, "dtype": self.dtype}
+        return self.compatibility_key() | {
+            "max_length": self.max_length, "dtype": self.dtype, "tokenizer_sha256": self.tokenizer_sha256}
 
     def differences(self, other: "EncoderDescription") -> dict[str, tuple[Any, Any]]:
-        return _diff(self.compatibility_key(), other.compatibility_key())
+        diffs = _diff(self.compatibility_key(), other.compatibility_key())
+        if self.tokenizer_sha256 and other.tokenizer_sha256 and self.tokenizer_sha256 != other.tokenizer_sha256:
+            diffs["tokenizer_sha256"] = (self.tokenizer_sha256, other.tokenizer_sha256)
+        return diffs
 
     def build_differences(self, other: "EncoderDescription") -> dict[str, tuple[Any, Any]]:
         return _diff(self.build_key(), other.build_key())

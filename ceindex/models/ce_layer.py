@@ -21,6 +21,7 @@ from ceindex.models.runtime import (
     local_model_dir,
     prepare_model,
     resolve_device,
+    tokenizer_sha256,
     weights_sha256,
 )
 
@@ -109,6 +110,7 @@ class CrossEncoderLayers:
         self.model_ref, self.layers = model, sorted(set(layers))
         self.input_mode, self.pooling, self.dtype = input_mode, pooling, dtype
         hf_model, tokenizer = _load_base(model)
+        self._tokenizer_sha = tokenizer_sha256(local_model_dir(model))  # hashed as loaded, once
         self.full_depth = len(find_layer_stack(hf_model)[2])
         depth = max(self.layers)
         if depth > self.full_depth:
@@ -156,6 +158,7 @@ class CrossEncoderLayers:
             max_length=self.max_length,
             normalized=True,
             dtype=self.dtype,
+            tokenizer_sha256=self._tokenizer_sha,
             extra={"model_type": self.model_type, "model_depth": self.full_depth},
         )
 

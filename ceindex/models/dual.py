@@ -21,6 +21,7 @@ from ceindex.models.runtime import (
     local_model_dir,
     prepare_model,
     resolve_device,
+    tokenizer_sha256,
     weights_sha256,
 )
 
@@ -101,6 +102,7 @@ class DualEncoder:
             log.info("%s: using the model's own pooling %r (config asked %r)", self.model_ref, st["pooling"], config.pooling)
         requested = min(config.max_length, int(st["max_seq_length"] or config.max_length))
         self._weights_dir = self._dir / st["subfolder"]
+        self._tokenizer_sha = tokenizer_sha256(self._dir, self._weights_dir)  # hashed as loaded, once
         self.dtype = config.dtype
         self.dims = int(model.config.hidden_size)
         depth = int(getattr(model.config, "num_hidden_layers", 0))
@@ -129,5 +131,6 @@ class DualEncoder:
             max_length=self.max_length,
             normalized=True,
             dtype=self.dtype,
+            tokenizer_sha256=self._tokenizer_sha,
             extra={"pool_special_tokens": True},
         )

@@ -203,6 +203,16 @@ def weights_sha256(model_dir: Path) -> str:
     return _sha256_files(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.txt", "vocab.json", "merges.txt", "*.model")
+
+
+def tokenizer_sha256(*model_dirs: Path) -> str:
+    """sha256 over the tokenizer files in ``model_dirs`` (a changed vocabulary or casing changes the vectors)."""
+    files = sorted({f.resolve() for d in model_dirs for pattern in TOKENIZER_FILES for f in Path(d).glob(pattern)})
+    return _sha256_files(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
+
 @lru_cache(maxsize=32)
 def _sha256_files(files: tuple[tuple[str, int, int], ...]) -> str:
     digest = hashlib.sha256()

@@ -410,3 +410,44 @@ def test_config_output_and_repr_never_show_url_credentials(tmp_path: Path) -> No
     from ceindex.config import load_settings
 
     assert SECRET not in repr(load_settings(config)) and SECRET not in str(load_settings(config).opensearch)
+
+
+def test_resume_after_the_tokenizer_changed_starts_a_new_build(tiny_ce_dir: Path, tmp_path: Path) -> None:
+    """Only the tokenizer files changed (casing): the resume mixed vectors of two tokenizers (5 old, 25 new)."""
+    import shutil
+
+    from ceindex.errors import EncoderMismatchError
+    from search_pipeline import SearchPipeline
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_ce_dir, model)
+    settings = Settings(index="tok", home=str(tmp_path / "home"), build=BuildConfig(encode_batch_docs=5))
+    config = EncoderConfig(model=str(model), layer=1, max_length=64, batch_size=8)
+    backend = open_backend(settings)
+    real_write, writes = backend.write, []
+
+    def crashing_write(state, docs, vectors):
+        writes.append(len(docs))
+        if len(writes) == 2:
+            raise _Crash("simulated crash")
+        return real_write(state, docs, vectors)
+
+    backend.write = crashing_write  # type: ignore[method-assign]
+    try:
+        with pytest.raises(_Crash):
+            build_index(backend, load_encoder(config), SAMPLE_CORPUS, "tok", settings.build,
+                        rejects_path=tmp_path / "r.jsonl", progress=False)
+    finally:
+        backend.close()
+    tokenizer_config = model / "tokenizer_config.json"
+    data = json.loads(tokenizer_config.read_text())
+    data["do_lower_case"] = not data.get("do_lower_case", True)
+    tokenizer_config.write_text(json.dumps(data))
+    changed = load_encoder(config)
+    summary = _build(settings, changed, "tok", SAMPLE_CORPUS, tmp_path)
+    assert summary.resumed_from == 0 and summary.encoded == 30
+    # and queries are refused with a tokenizer other than the one the index was built with
+    data["do_lower_case"] = not data["do_lower_case"]
+    tokenizer_config.write_text(json.dumps(data))
+    with pytest.raises(EncoderMismatchError, match="tokenizer_sha256"):
+        SearchPipeline(settings, query_encoder=load_encoder(config))
