@@ -133,7 +133,7 @@ class SearchPipeline:
     @property
     def query_encoder(self) -> Encoder:
         with self._load_lock:
-            return self._encoder or self._load_query_encoder()
+            return self._load_query_encoder() if self._encoder is None else self._encoder
 
     def _load_query_encoder(self) -> Encoder:
         config = encoder_config_from_description(
@@ -156,7 +156,7 @@ class SearchPipeline:
     @property
     def reranker(self) -> Any:
         with self._load_lock:
-            return self._reranker or self._load_reranker()
+            return self._load_reranker() if self._reranker is None else self._reranker
 
     def _load_reranker(self) -> Any:
         from ceindex.models.scorer import CrossEncoderReranker
