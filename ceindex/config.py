@@ -1,14 +1,17 @@
 """One YAML configuration file; every key has a CLI flag and a documented default.
 
 The file has one section per dataclass below (``opensearch``, ``encoder``, ``build``, ``search``, ``serve``)
-plus the top-level ``index`` and ``home``. Each field's metadata names its CLI flag and help text, so the
-CLI options, the YAML keys and the documentation (``ceindex config --defaults``) come from one place.
-Secrets (cluster user and password, the HTTP API key) are read only from environment variables, never from the file.
+plus the top-level ``index`` and ``home``. Each field's metadata names its CLI flag, its help text and, where the
+value is one of a list, its choices, so the CLI options (``ceindex/commands/_options.py``), the YAML keys, the
+validation and the documentation (``ceindex config``) come from one place. Secrets (cluster user and password, the HTTP API key) are read only from environment variables,
+never from the file.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import MISSING, dataclass, field, fields, replace
+import types
+import typing
+from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -16,7 +19,7 @@ import yaml
 
 from ceindex.errors import ConfigError
 from ceindex.redact import redact_deep
-from ceindex.models.config import EncoderConfig
+from ceindex.models.config import DTYPES, EncoderConfig, setting
 
 HOME_ENV = "CEINDEX_HOME"
 USER_ENV = "CEINDEX_OPENSEARCH_USER"
@@ -24,10 +27,10 @@ PASSWORD_ENV = "CEINDEX_OPENSEARCH_PASSWORD"
 API_KEY_ENV = "CEINDEX_API_KEY"
 
 
-def _opt(default: Any, flag: str, help: str) -> Any:
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"flag": flag, "help": help})
-    return field(default=default, metadata={"flag": flag, "help": help})
+FUSIONS = ("rrf", "minmax")
+SERVER_FUSIONS = ("auto", "on", "off")
+
+_opt = setting  # field(default, metadata={"flag", "help"[, "choices", "metavar"]})
 
 
 @dataclass(frozen=True)
@@ -67,9 +70,9 @@ class SearchConfig:
     recall_n: int = _opt(100, "--recall-n", "Candidates taken from BM25 and from k-NN each.")
     bm25: bool = _opt(True, "--bm25/--no-bm25", "Use BM25 recall.")
     knn: bool = _opt(True, "--knn/--no-knn", "Use k-NN recall.")
-    fusion: str = _opt("rrf", "--fusion", "How to fuse BM25 and k-NN: rrf or minmax.")
+    fusion: str = _opt("rrf", "--fusion", "How to fuse BM25 and k-NN: rrf or minmax.", FUSIONS)
     rrf_k: int = _opt(60, "--rrf-k", "Reciprocal rank fusion constant k.")
-    server_fusion: str = _opt("auto", "--server-fusion", "auto: fuse inside OpenSearch (hybrid query + search pipeline) when the neural-search plugin is there; on: require it; off: fuse in ceindex.")
+    server_fusion: str = _opt("auto", "--server-fusion", "auto: fuse inside OpenSearch (hybrid query + search pipeline) when the neural-search plugin is there; on: require it; off: fuse in ceindex.", SERVER_FUSIONS)
     bm25_weight: float = _opt(1.0, "--bm25-weight", "Weight of BM25 in fusion.")
     knn_weight: float = _opt(1.0, "--knn-weight", "Weight of k-NN in fusion.")
     knn_ef_search: int = _opt(100, "--knn-ef-search", "HNSW ef_search at query time (OpenSearch).")
@@ -78,7 +81,7 @@ class SearchConfig:
     rerank_model: str | None = _opt(None, "--rerank-model", "Cross-encoder for re-ranking (default: the encoder's CE model).")
     rerank_batch_size: int = _opt(32, "--rerank-batch-size", "Pairs per cross-encoder batch.")
     rerank_max_length: int = _opt(256, "--rerank-max-length", "Max tokens of a (query, document) pair.")
-    rerank_dtype: str = _opt("float32", "--rerank-dtype", "float32, bfloat16, or int8 (CPU dynamic quantisation).")
+    rerank_dtype: str = _opt("float32", "--rerank-dtype", "float32, bfloat16, or int8 (CPU dynamic quantisation).", DTYPES)
     max_query_chars: int = _opt(2000, "--max-query-chars", "Longer queries are refused.")
 
 
@@ -118,18 +121,13 @@ SECTIONS: dict[str, type] = {
     "serve": ServeConfig,
 }
 
-# Encoder fields live in ceindex.models.config (no click metadata there); their flags:
-ENCODER_FLAGS: dict[str, tuple[str, str]] = {
-    "kind": ("--encoder-kind", "ce-layer (early layer of a cross-encoder) or dual (a dual encoder)."),
-    "model": ("--encoder-model", "Hub id or local folder (default: $CEINDEX_CE_MODEL / $CEINDEX_DE_MODEL or a hub id)."),
-    "layer": ("--layer", "Cross-encoder layer to embed with (0 = embeddings, 1 = first transformer layer)."),
-    "input_mode": ("--input-mode", "self-pair ([CLS] t [SEP] t [SEP], as in the paper) or single."),
-    "pooling": ("--pooling", "mean (real tokens), mean-first-copy, or cls."),
-    "max_length": ("--max-length", "Max tokens per text (self-pair counts both copies)."),
-    "batch_size": ("--batch-size", "Texts per encoder batch."),
-    "device": ("--device", "auto, cpu or cuda."),
-    "dtype": ("--dtype", "float32, bfloat16, or int8 (CPU dynamic quantisation)."),
-}
+
+def value_type(cls: type, f: Field) -> type:
+    """The type a field's values must have: its annotation without ``| None`` (e.g. ``int`` for ``int | None``)."""
+    hint = typing.get_type_hints(cls)[f.name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint
 
 
 def _to_dict(obj: Any) -> Any:
@@ -152,15 +150,13 @@ def _build_section(cls: type, name: str, values: Mapping[str, Any], source: str)
             f"{source}: unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)}; "
             f"known keys in '{name}': {', '.join(sorted(known))}"
         )
-    checked = {k: _coerce(known[k], v, f"{source}: {name}.{k}") for k, v in values.items()}
+    checked = {k: _coerce(value_type(cls, known[k]), v, f"{source}: {name}.{k}") for k, v in values.items()}
     return cls(**checked)
 
 
-def _coerce(f: Any, value: Any, where: str) -> Any:
-    default = f.default if f.default is not MISSING else None
-    if value is None or default is None:
+def _coerce(expected: type, value: Any, where: str) -> Any:
+    if value is None:
         return value
-    expected = type(default)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
@@ -261,7 +257,6 @@ def defaults_yaml() -> str:
     for name, cls in SECTIONS.items():
         lines.append(f"{name}:")
         for f in fields(cls):
-            flag, help_text = (f.metadata["flag"], f.metadata["help"]) if "flag" in f.metadata else ENCODER_FLAGS[f.name]
             default = yaml.safe_dump(f.default).splitlines()[0]
-            lines.append(f"  {f.name}: {default}  # {flag}: {help_text}")
+            lines.append(f"  {f.name}: {default}  # {f.metadata['flag']}: {f.metadata['help']}")
     return "\n".join(lines) + "\n"

@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Sequence
 
 from ceindex.backends.base import Hit
+from ceindex.config import FUSIONS  # the choices of search.fusion, defined once with the setting
 from ceindex.errors import ConfigError
 
-FUSIONS = ("rrf", "minmax")
 MINMAX_FLOOR = 0.001  # OpenSearch min-max normalisation maps the minimum here, not to 0
 
 

@@ -13,11 +13,11 @@ from typing import Any, Mapping, Sequence
 
 
 from ceindex.backends import Backend, Hit, open_backend
-from ceindex.config import SearchConfig, Settings, load_settings
+from ceindex.config import FUSIONS, SERVER_FUSIONS, SearchConfig, Settings, load_settings
 from ceindex.errors import ConfigError, EncoderMismatchError, InputError
 from ceindex.models import Encoder, encoder_config_from_description, load_encoder
 from ceindex.models.config import default_ce_model
-from search_pipeline.fusion import FUSIONS, fuse
+from search_pipeline.fusion import fuse
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +62,9 @@ def validate_search_config(config: SearchConfig) -> None:
             raise ConfigError(f"search.{name} must be >= 1, got {getattr(config, name)}")
     if config.recall_n > MAX_K:
         raise ConfigError(f"search.recall_n must be <= {MAX_K}, got {config.recall_n}")
-    if config.server_fusion not in ("auto", "on", "off"):
-        raise ConfigError(f"search.server_fusion must be auto, on or off; got {config.server_fusion!r}")
+    if config.server_fusion not in SERVER_FUSIONS:
+        raise ConfigError(f"search.server_fusion must be {', '.join(SERVER_FUSIONS[:-1])} or {SERVER_FUSIONS[-1]}; "
+                          f"got {config.server_fusion!r}")
     if config.bm25_weight < 0 or config.knn_weight < 0:
         raise ConfigError("fusion weights must be >= 0")
 

@@ -1,54 +1,47 @@
-"""Click options generated from the configuration dataclasses, so flags and YAML keys never drift apart."""
+"""Click options generated from the configuration dataclasses, so flags and YAML keys never drift apart.
+
+Every option that sets a configuration key is made here from the field's metadata (flag, help, choices, metavar)
+and is a ``SettingOption`` that knows its key; a command declares by hand only what is not configuration (its
+inputs, outputs and output format).
+"""
 from __future__ import annotations
 
-from dataclasses import MISSING, fields, replace
+from dataclasses import Field, fields, replace
 from typing import Any, Callable
 
 import click
 
-from ceindex.config import ENCODER_FLAGS, SECTIONS, Settings, apply_overrides, load_settings
-from ceindex.models.config import (
-    DEVICES,
-    DTYPES,
-    ENCODER_KINDS,
-    INPUT_MODES,
-    POOLINGS,
-    EncoderConfig,
-    parse_encoder_spec,
-)
+from ceindex.config import SECTIONS, Settings, apply_overrides, load_settings, value_type
+from ceindex.models.config import EncoderConfig, parse_encoder_spec
 
-_CHOICES = {
-    "encoder.kind": ENCODER_KINDS,
-    "encoder.input_mode": INPUT_MODES,
-    "encoder.pooling": POOLINGS,
-    "encoder.device": DEVICES,
-    "encoder.dtype": DTYPES,
-    "search.fusion": ("rrf", "minmax"),
-    "search.server_fusion": ("auto", "on", "off"),
-    "search.rerank_dtype": DTYPES,
-}
+TOP_LEVEL = ("index", "home")
 
 
-def _option_for(dotted: str, f: Any, flag: str, help_text: str) -> Callable:
-    default = f.default if f.default is not MISSING else None
-    param = dotted.replace(".", "__")
+class SettingOption(click.Option):
+    """An option generated from a settings field; ``setting`` is its dotted key, e.g. ``search.fusion``."""
+
+    def __init__(self, *args: Any, setting: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.setting = setting
+
+
+def option_help(dotted: str, f: Field) -> str:
+    """The help text of the option generated for field ``f`` at key ``dotted``."""
+    return f"{f.metadata['help']} [config {dotted}; default {f.default}]"
+
+
+def _option_for(cls: type, dotted: str, f: Field) -> Callable:
+    flag, param = f.metadata["flag"], dotted.replace(".", "__")
+    common: dict[str, Any] = {"cls": SettingOption, "setting": dotted, "default": None, "help": option_help(dotted, f)}
     if "/" in flag:
-        return click.option(flag, param, default=None, help=f"{help_text} [config {dotted}; default {default}]")
-    if dotted in _CHOICES:
-        kind: Any = click.Choice(_CHOICES[dotted])
-    elif isinstance(default, bool):
-        kind = bool
-    elif isinstance(default, int):
-        kind = int
-    elif isinstance(default, float):
-        kind = float
-    else:
-        kind = str
-    return click.option(flag, param, type=kind, default=None, help=f"{help_text} [config {dotted}; default {default}]")
+        return click.option(flag, param, **common)
+    kind: Any = click.Choice(f.metadata["choices"]) if "choices" in f.metadata else value_type(cls, f)
+    return click.option(flag, param, type=kind, metavar=f.metadata.get("metavar"), **common)
 
 
-def settings_options(*sections: str, encoder_spec: bool = False) -> Callable:
-    """Decorate a command with ``--config``, ``--index``, ``--home`` and the options of ``sections``."""
+def settings_options(*sections: str, encoder_spec: bool = False, top_level: tuple[str, ...] = TOP_LEVEL) -> Callable:
+    """Decorate a command with ``--config``, the top-level keys ``top_level`` (``--index``, ``--home``) and the
+    options of ``sections``."""
 
     def decorate(command: Callable) -> Callable:
         options: list[Callable] = [
@@ -56,12 +49,11 @@ def settings_options(*sections: str, encoder_spec: bool = False) -> Callable:
                          help="YAML configuration file (see `ceindex config`); flags override it."),
         ]
         for f in fields(Settings):
-            if f.name not in SECTIONS:
-                options.append(_option_for(f.name, f, f.metadata["flag"], f.metadata["help"]))
+            if f.name in top_level:
+                options.append(_option_for(Settings, f.name, f))
         for section in sections:
-            for f in fields(SECTIONS[section]):
-                flag, help_text = (f.metadata["flag"], f.metadata["help"]) if "flag" in f.metadata else ENCODER_FLAGS[f.name]
-                options.append(_option_for(f"{section}.{f.name}", f, flag, help_text))
+            cls = SECTIONS[section]
+            options += [_option_for(cls, f"{section}.{f.name}", f) for f in fields(cls)]
         if encoder_spec:
             options.append(click.option(
                 "--encoder", "encoder_spec", default=None,
@@ -83,9 +75,9 @@ def settings_from_params(params: dict[str, Any]) -> Settings:
         settings = replace(settings, encoder=parse_encoder_spec(spec, base=settings.encoder))
     overrides: dict[str, Any] = {}
     for key in list(params):
-        if key in ("index", "home") or "__" in key:
+        if key in TOP_LEVEL or "__" in key:
             overrides[key.replace("__", ".")] = params.pop(key)
     return apply_overrides(settings, overrides)
 
 
-__all__ = ["settings_options", "settings_from_params", "EncoderConfig"]
+__all__ = ["SettingOption", "option_help", "settings_options", "settings_from_params", "EncoderConfig"]

@@ -1,8 +1,14 @@
-"""Encoder configuration and the compact ``--encoder`` spec syntax."""
+"""Encoder configuration and the compact ``--encoder`` spec syntax.
+
+Each field's metadata holds its CLI flag, help text and (where the value is one of a list) its choices, as plain
+data: ``ceindex.config`` documents them and ``ceindex.commands`` turns them into options; this layer imports
+neither.
+"""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 from ceindex.errors import ConfigError
 
@@ -20,6 +26,19 @@ CE_MODEL_ENV = "CEINDEX_CE_MODEL"
 DE_MODEL_ENV = "CEINDEX_DE_MODEL"
 
 
+def setting(default: Any, flag: str, help: str, choices: tuple[str, ...] | None = None,
+            metavar: str | None = None) -> Any:
+    """A settings field whose metadata names its CLI flag, help text, and choices (if the value is one of a list)."""
+    metadata: dict[str, Any] = {"flag": flag, "help": help}
+    if choices is not None:
+        metadata["choices"] = choices
+    if metavar is not None:
+        metadata["metavar"] = metavar
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 def default_ce_model() -> str:
     return os.environ.get(CE_MODEL_ENV) or DEFAULT_CE_MODEL
 
@@ -32,22 +51,23 @@ def default_de_model() -> str:
 class EncoderConfig:
     """How to embed texts. ``model=None`` means the default model for ``kind``."""
 
-    kind: str = "ce-layer"
-    model: str | None = None
-    layer: int = 1
-    input_mode: str = "self-pair"
-    pooling: str = "mean"
-    max_length: int = 256
-    batch_size: int = 32
-    device: str = "auto"
-    dtype: str = "float32"
+    kind: str = setting("ce-layer", "--encoder-kind", "ce-layer (early layer of a cross-encoder) or dual (a dual encoder).",
+                        ENCODER_KINDS)
+    model: str | None = setting(None, "--encoder-model",
+                                "Hub id or local folder (default: $CEINDEX_CE_MODEL / $CEINDEX_DE_MODEL or a hub id).")
+    layer: int = setting(1, "--layer", "Cross-encoder layer to embed with (0 = embeddings, 1 = first transformer layer).")
+    input_mode: str = setting("self-pair", "--input-mode", "self-pair ([CLS] t [SEP] t [SEP], as in the paper) or single.",
+                              INPUT_MODES)
+    pooling: str = setting("mean", "--pooling", "mean (real tokens), mean-first-copy, or cls.", POOLINGS)
+    max_length: int = setting(256, "--max-length", "Max tokens per text (self-pair counts both copies).")
+    batch_size: int = setting(32, "--batch-size", "Texts per encoder batch.")
+    device: str = setting("auto", "--device", "auto, cpu or cuda.", DEVICES)
+    dtype: str = setting("float32", "--dtype", "float32, bfloat16, or int8 (CPU dynamic quantisation).", DTYPES)
 
     def __post_init__(self) -> None:
-        _check_choice("kind", self.kind, ENCODER_KINDS)
-        _check_choice("input_mode", self.input_mode, INPUT_MODES)
-        _check_choice("pooling", self.pooling, POOLINGS)
-        _check_choice("dtype", self.dtype, DTYPES)
-        _check_choice("device", self.device, DEVICES)
+        for f in fields(self):
+            if "choices" in f.metadata:
+                _check_choice(f.name, getattr(self, f.name), f.metadata["choices"])
         if self.layer < 0:
             raise ConfigError(f"encoder layer must be >= 0 (0 = embedding output), got {self.layer}")
         if self.max_length < 8:
