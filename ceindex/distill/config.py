@@ -1,10 +1,17 @@
-"""Settings of a distillation run: what the student is built from, and how it is trained."""
+"""Settings of a distillation run: what the student is built from, and how it is trained.
+
+The defaults of everything ``ceindex distill`` has a flag for come from the configuration section ``distill``
+(``ceindex.config.DistillConfig``); the rest of the recipe (warm-up, weight decay, scale, ...) is fixed here.
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from ceindex.config import DistillConfig
 from ceindex.errors import ConfigError
+
+_DEFAULTS = DistillConfig()
 
 
 @dataclass(frozen=True)
@@ -17,8 +24,8 @@ class StudentConfig:
     """
 
     source: str
-    layers: int = 2
-    copy: int = 1
+    layers: int = _DEFAULTS.layers
+    copy: int = _DEFAULTS.copy
 
     def __post_init__(self) -> None:
         if self.layers < 1:
@@ -43,27 +50,27 @@ class TrainConfig:
     """
 
     data_dir: str
-    split: str = "train"
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float = 1e-4
+    split: str = _DEFAULTS.split
+    epochs: int = _DEFAULTS.epochs
+    batch_size: int = _DEFAULTS.batch_size
+    lr: float = _DEFAULTS.lr
     warmup: float = 0.1
     weight_decay: float = 0.01
-    max_length: int = 128  # documents, in training and held-out evaluation
-    query_max_length: int = 32
+    max_length: int = _DEFAULTS.max_length  # documents, in training and held-out evaluation
+    query_max_length: int = _DEFAULTS.query_max_length
     # max_seq_length written into the saved model (what `ceindex build` uses); None = max_length. Going past the
     # training length hurts: on SciFact test DE-2 CE scored nDCG@10 0.40 at 128 tokens but 0.25 at 256.
-    save_max_length: int | None = None
+    save_max_length: int | None = _DEFAULTS.save_max_length
     scale: float = 20.0
-    teacher: bool = True
-    margin_weight: float = 0.1
+    teacher: bool = _DEFAULTS.teacher
+    margin_weight: float = _DEFAULTS.margin_weight
     teacher_max_length: int = 192
     teacher_batch_size: int = 32
     negatives_depth: int = 10  # a hard negative is drawn from the BM25 top-N minus the relevant documents
-    seed: int = 42
-    held_out: float = 0.1
-    patience: int = 1  # epochs without a held-out improvement before stopping
-    eval_docs: int = 2000  # documents searched for held-out early stopping (0 = the whole corpus)
+    seed: int = _DEFAULTS.seed
+    held_out: float = _DEFAULTS.held_out
+    patience: int = _DEFAULTS.patience  # epochs without a held-out improvement before stopping
+    eval_docs: int = _DEFAULTS.eval_docs  # documents searched for held-out early stopping (0 = the whole corpus)
 
     def __post_init__(self) -> None:
         checks = [
@@ -89,3 +96,15 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def student_config(settings: DistillConfig, source: str) -> StudentConfig:
+    """The student described by the ``distill`` settings, copying from ``source``."""
+    return StudentConfig(source=source, layers=settings.layers, copy=settings.copy)
+
+
+def train_config(settings: DistillConfig, data_dir: str) -> TrainConfig:
+    """The training recipe: the ``distill`` settings' values for the keys they hold, the fixed defaults for the rest."""
+    given = {f.name for f in fields(DistillConfig)}
+    values = {f.name: getattr(settings, f.name) for f in fields(TrainConfig) if f.name in given}
+    return TrainConfig(data_dir=data_dir, **values)

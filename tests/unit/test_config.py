@@ -20,9 +20,21 @@ def test_defaults_yaml_round_trips_to_defaults(tmp_path: Path) -> None:
 
 def test_every_key_documents_a_flag() -> None:
     for line in defaults_yaml().splitlines()[1:]:
-        if line.rstrip().endswith(":"):
+        if line.rstrip().endswith(":") or line.startswith("# read by "):  # a section, or the command it is for
             continue
         assert "# --" in line, line
+
+
+def test_command_sections_round_trip_and_are_typed() -> None:
+    settings = load_settings(data={"layers": {"layers": "0,2", "baseline": "default"},
+                                   "distill": {"epochs": 5, "lr": 1, "threads": 2}})
+    assert settings.layers.layers == "0,2" and settings.layers.baseline == "default" and settings.layers.split == "test"
+    assert settings.distill.epochs == 5 and settings.distill.lr == 1.0 and settings.distill.threads == 2
+    assert settings.distill.split == "train" and settings.distill.save_max_length is None
+    with pytest.raises(ConfigError, match=r"distill\.threads must be int"):  # a None default still has a type
+        load_settings(data={"distill": {"threads": "four"}})
+    with pytest.raises(ConfigError, match=r"layers\.max_length must be int"):
+        load_settings(data={"layers": {"max_length": "long"}})
 
 
 def test_unknown_key_names_section_and_key(tmp_path: Path) -> None:
