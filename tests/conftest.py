@@ -15,6 +15,8 @@ FIXTURE_CE = SHARED / "models" / "ce-minilm-l6-scifact"
 SCIFACT = SHARED / "data" / "scifact"
 SAMPLE = REPO / "ceindex" / "samples" / "tiny-science"
 
+pytest_plugins = ("pytester",)  # tests/unit/test_markers.py runs small pytest sessions of its own
+
 
 
 def require_shared(path: Path) -> Path:
@@ -55,7 +57,8 @@ def ceindex_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _torch_threads() -> None:
+def _no_tokenizers_parallelism() -> None:
+    """Keep the Rust tokenizers from starting their own thread pool (and warning after a fork)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -64,6 +67,22 @@ def _torch_threads() -> None:
 # the node cannot start, the fixtures raise (the tests ERROR); they never skip. Set CEINDEX_TEST_OPENSEARCH_URL to
 # run against an existing cluster instead (kill/restart tests are then skipped loudly).
 URL_ENV = "CEINDEX_TEST_OPENSEARCH_URL"
+
+# Every test that needs the node carries ``pytest.mark.integration`` (``-m "not integration"`` then never starts
+# it). Tests parametrised over both backends take the mark on the OpenSearch case only, through this list.
+NODE_FIXTURES = ("opensearch_url", "opensearch_node", "_session_opensearch_node")
+BACKEND_PARAMS = ["embedded", pytest.param("opensearch", marks=pytest.mark.integration)]
+
+
+@pytest.fixture(autouse=True)
+def _node_tests_are_marked_integration(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that used the node (directly, through a fixture, or via ``request.getfixturevalue``) without
+    the ``integration`` marker, so the marker cannot drift from what the tests really need."""
+    yield
+    if set(NODE_FIXTURES) & set(request.fixturenames) and request.node.get_closest_marker("integration") is None:
+        pytest.fail(f"{request.node.nodeid} uses the real OpenSearch node (opensearch_url / opensearch_node) but is "
+                    "not marked integration: add pytestmark = pytest.mark.integration or @pytest.mark.integration, "
+                    "or take the backend from tests.conftest.BACKEND_PARAMS", pytrace=False)
 
 
 @pytest.fixture(scope="session")

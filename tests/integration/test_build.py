@@ -13,12 +13,10 @@ from ceindex.config import BuildConfig, OpenSearchConfig, Settings
 from ceindex.errors import BackendError, EncoderMismatchError
 from ceindex.models import EncoderConfig, load_encoder
 from indexer.build import build_index
-from tests.conftest import SAMPLE
-
-BACKENDS = ["embedded", "opensearch"]
+from tests.conftest import BACKEND_PARAMS, SAMPLE
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=BACKEND_PARAMS)
 def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     base = Settings(index=f"t{uuid.uuid4().hex[:8]}", home=str(tmp_path / "home"),
                     build=BuildConfig(encode_batch_docs=5, chunk_docs=4))

@@ -14,10 +14,10 @@ from ceindex.errors import BackendError, ConfigError, EncoderMismatchError, Inpu
 from ceindex.models import EncoderConfig, load_encoder
 from indexer.build import build_index
 from search_pipeline import SearchPipeline
-from tests.conftest import SAMPLE
+from tests.conftest import BACKEND_PARAMS, SAMPLE
 
 
-@pytest.fixture(scope="module", params=["embedded", "opensearch"])
+@pytest.fixture(scope="module", params=BACKEND_PARAMS)
 def built(request: pytest.FixtureRequest, tiny_ce_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     home = tmp_path_factory.mktemp("home")
     settings = Settings(index=f"p{uuid.uuid4().hex[:8]}", home=str(home),

@@ -22,7 +22,7 @@ from ceindex.data.corpus import corpus_path
 from ceindex.models import EncoderConfig, load_encoder
 from indexer.build import build_index
 from search_pipeline import SearchPipeline
-from tests.conftest import FIXTURE_CE, SAMPLE, SCIFACT, require_shared
+from tests.conftest import BACKEND_PARAMS, FIXTURE_CE, SAMPLE, SCIFACT, require_shared
 
 pytestmark = pytest.mark.reliability
 
@@ -77,7 +77,7 @@ def _signature(results: Sequence) -> list[list[tuple[str, float | None, float | 
     return [[(h.id, h.rerank_score, h.fused_score) for h in r.hits] for r in results]
 
 
-@pytest.fixture(scope="module", params=["embedded", "opensearch"])
+@pytest.fixture(scope="module", params=BACKEND_PARAMS)
 def tiny_indexes(request: pytest.FixtureRequest, tiny_ce_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Layer-0 and layer-1 indexes of the sample corpus (tiny CE) on one backend; returns their base settings."""
     home = tmp_path_factory.mktemp("concurrency-home")

@@ -27,15 +27,14 @@ from ceindex.config import BuildConfig, OpenSearchConfig, Settings
 from ceindex.errors import BackendError, ConfigError
 from ceindex.models import EncoderConfig, load_encoder
 from indexer.build import build_index
-from tests.conftest import REPO, SAMPLE
+from tests.conftest import BACKEND_PARAMS, REPO, SAMPLE
 
 pytestmark = pytest.mark.reliability
 
-BACKENDS = ["embedded", "opensearch"]
 SECRET = "s3cr3t-pw"
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=BACKEND_PARAMS)
 def base(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     settings = Settings(home=str(tmp_path / "home"), build=BuildConfig(encode_batch_docs=5, chunk_docs=4))
     if request.param == "opensearch":
@@ -223,6 +222,7 @@ def _os_settings(url: str) -> Settings:
     return Settings(opensearch=OpenSearchConfig(url=url, max_retries=1, timeout=10), build=BuildConfig(encode_batch_docs=10))
 
 
+@pytest.mark.integration
 def test_opensearch_lock_of_a_silent_holder_is_taken_over_on_our_clock(
     opensearch_url: str, encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -245,6 +245,7 @@ def test_opensearch_lock_of_a_silent_holder_is_taken_over_on_our_clock(
         backend.close()
 
 
+@pytest.mark.integration
 def test_opensearch_lock_of_a_live_holder_in_another_process_is_refused(
     opensearch_url: str, encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -269,6 +270,7 @@ def test_opensearch_lock_of_a_live_holder_in_another_process_is_refused(
         child.wait()
 
 
+@pytest.mark.integration
 def test_opensearch_builder_that_lost_its_lock_publishes_nothing_and_deletes_no_lock(
     opensearch_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -308,6 +310,7 @@ def test_crash_between_seal_and_publish_resumes_without_reencoding(base: Setting
 
 
 # --- 8. credentials in URLs never reach output, logs or reports ------------------------------------------------
+@pytest.mark.integration
 def test_credentials_in_the_url_are_never_printed_or_stored(opensearch_url: str, tiny_ce_dir: Path, tmp_path: Path,
                                                             ceindex_home: Path, caplog: pytest.LogCaptureFixture) -> None:
     url = opensearch_url.replace("http://", f"http://admin:{SECRET}@")  # the test node ignores basic auth
@@ -356,6 +359,7 @@ def test_dead_cluster_cli_error_has_no_traceback(ceindex_home: Path) -> None:
     assert result.stderr.count("retry") == 2 and "cannot reach OpenSearch" in result.stderr
 
 
+@pytest.mark.integration
 def test_https_against_a_plain_http_port_suggests_http(opensearch_url: str) -> None:
     from ceindex.backends.opensearch import OpenSearchBackend
 
@@ -374,6 +378,7 @@ def test_build_summary_json_is_valid_and_reports_publication(ceindex_home: Path,
     assert result.exit_code == 0 and summary["published"] is True and summary["encoded"] == 30
 
 
+@pytest.mark.integration
 def test_rows_refused_by_opensearch_survive_a_resume_and_allow_rejects_publishes(opensearch_url: str, encoder,
                                                                                  tmp_path: Path) -> None:
     """A row OpenSearch refuses (mapping conflict) was counted only by the run that wrote it: the documented
