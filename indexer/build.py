@@ -53,6 +53,9 @@ class BuildSummary:
     encode_s: float = 0.0
     write_s: float = 0.0
     pruned: list[str] = field(default_factory=list)
+    # batches the encoder tokenised the slow way because its input assembler could not mirror the tokenizer
+    # (None: the encoder does not count them)
+    assembler_fallback_batches: int | None = None
 
     @property
     def count_ok(self) -> bool:
@@ -109,7 +112,10 @@ def build_index(
         settings = IndexSettings(build.knn_m, build.knn_ef_construction, build.shards, build.replicas)
         state = _open_build(backend, alias, description, corpus_fingerprint(corpus, build), settings)
         summary = BuildSummary(index=alias, physical=state.physical, resumed_from=state.committed)
+        fallback_before = getattr(encoder, "fallback_batches", None)
         rejects = _load(backend, encoder, corpus, build, state, summary, progress)
+        if fallback_before is not None:
+            summary.assembler_fallback_batches = encoder.fallback_batches - fallback_before  # type: ignore[attr-defined]
         summary.indexed = backend.seal(state, settings)
         _record_rejects(rejects, state.refused_total - len(state.refused), rejects_path, summary)
         summary.held_back = _publish_blocker(summary, build)

@@ -6,10 +6,13 @@ twice more and dominated encode time at early layers (on a GPU the model waited 
 module reuses the ids: it learns the tokenizer's special-token template from one probe, truncates exactly
 as the Rust ``longest_first`` strategy does, and pads. Tests check the result equals the tokenizer's own
 output token for token on several model families; anything it cannot mirror falls back to the tokenizer.
+That fallback is slower, so it is never silent: a warning once per tokenizer class (``warn_fallback_once``),
+and the encoders and the scorer count the batches that took it (their ``fallback_batches``).
 """
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -20,6 +23,24 @@ from ceindex.errors import ConfigError
 log = logging.getLogger(__name__)
 
 _PROBE_A, _PROBE_B = "alpha beta", "gamma"
+
+_warned_classes: set[str] = set()  # tokenizer classes whose fallback has been warned about in this process
+_warned_lock = threading.Lock()
+
+
+def warn_fallback_once(tokenizer: Any, reason: str) -> bool:
+    """Log a warning that ``tokenizer`` cannot be mirrored and batches go through the tokenizer itself, once per
+    tokenizer class and process (not per batch or per encoder). True when this call logged it."""
+    cls = type(tokenizer)
+    key = f"{cls.__module__}.{cls.__qualname__}"
+    with _warned_lock:
+        if key in _warned_classes:
+            return False
+        _warned_classes.add(key)
+    log.warning("%s: model inputs are made by the tokenizer itself for every batch (slower path): the input "
+                "assembler cannot mirror it (%s). The batches are counted as fallback_batches (in `ceindex build "
+                "--json`: assembler_fallback_batches); this is said once per tokenizer class.", cls.__name__, reason)
+    return True
 
 
 def longest_first(n1: int, n2: int, budget: int) -> tuple[int, int]:
@@ -105,24 +126,36 @@ class InputAssembler:
         self.template, self.pair, self.pad_id, self.pad_type_id = template, pair, pad_id, pad_type_id
 
     @classmethod
-    def for_tokenizer(cls, tokenizer: Any, *, pair: bool) -> "InputAssembler | None":
-        """An assembler mirroring ``tokenizer``, or None where it cannot be mirrored (then use the tokenizer)."""
+    def for_tokenizer(cls, tokenizer: Any, *, pair: bool, warn: bool = False) -> "InputAssembler | None":
+        """An assembler mirroring ``tokenizer``, or None where it cannot be mirrored (then use the tokenizer).
+        ``warn``: say so with ``warn_fallback_once`` (callers that will then tokenise every batch pass True)."""
+        assembler, reason = cls._mirror(tokenizer, pair)
+        if assembler is None and warn:
+            warn_fallback_once(tokenizer, reason)
+        return assembler
+
+    @classmethod
+    def _mirror(cls, tokenizer: Any, pair: bool) -> "tuple[InputAssembler | None, str]":
+        """The assembler, or None and why not."""
         if not getattr(tokenizer, "is_fast", False):
-            return None
-        if getattr(tokenizer, "truncation_side", "right") != "right" or getattr(tokenizer, "padding_side", "right") != "right":
-            return None
+            return None, "it is not a fast (Rust) tokenizer"
+        sides = (getattr(tokenizer, "truncation_side", "right"), getattr(tokenizer, "padding_side", "right"))
+        if sides != ("right", "right"):
+            return None, f"it truncates on the {sides[0]} and pads on the {sides[1]}; the assembler does both on the right"
         if tokenizer.pad_token_id is None:
-            return None
+            return None, "it has no padding token"
         try:
             template = _learn_template(tokenizer, pair)
             if template is None or template.n_special != tokenizer.num_special_tokens_to_add(pair=pair):
-                return None
+                return None, "its special-token template is not one the assembler can express"
             assembler = cls(template, pair=pair, pad_id=int(tokenizer.pad_token_id),
                             pad_type_id=int(getattr(tokenizer, "pad_token_type_id", 0) or 0))
-            return assembler if _mirrors(assembler, tokenizer) else None
+            if not _mirrors(assembler, tokenizer):
+                return None, "a probe batch assembled from token ids differs from the tokenizer's own encoding"
+            return assembler, ""
         except Exception as exc:  # noqa: BLE001 - any surprise means: use the tokenizer itself
             log.debug("cannot mirror the tokenizer %s: %s", type(tokenizer).__name__, exc)
-            return None
+            return None, f"probing it raised {type(exc).__name__}"
 
     @property
     def n_special(self) -> int:

@@ -136,6 +136,11 @@ class CrossEncoderLayers:
     def model(self) -> torch.nn.Module:
         return self._embedder.model
 
+    @property
+    def fallback_batches(self) -> int:
+        """Batches tokenised by the tokenizer itself because the input assembler could not mirror it."""
+        return self._embedder.fallback_batches
+
     def encode_layers(
         self, texts: Sequence[str], *, show_progress: bool = False, desc: str = "encode"
     ) -> dict[int, np.ndarray]:
@@ -189,6 +194,11 @@ class CELayerEncoder:
     @property
     def model(self) -> torch.nn.Module:
         return self._layers.model
+
+    @property
+    def fallback_batches(self) -> int:
+        """Batches tokenised by the tokenizer itself because the input assembler could not mirror it."""
+        return self._layers.fallback_batches
 
     def encode(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
         return self._layers.encode_layers(texts, show_progress=show_progress)[self.layer]

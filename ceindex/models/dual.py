@@ -116,6 +116,11 @@ class DualEncoder:
         self._depth = depth
         self._sha: str | None = None
 
+    @property
+    def fallback_batches(self) -> int:
+        """Batches tokenised by the tokenizer itself because the input assembler could not mirror it."""
+        return self._embedder.fallback_batches
+
     def encode(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
         return self._embedder.embed(texts, [self._depth], show_progress=show_progress)[self._depth]
 

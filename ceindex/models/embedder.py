@@ -67,9 +67,9 @@ class Embedder:
         self._tokenize_call = SerialTokenizer(tokenizer)
         self._capture = _EmbeddingCapture(self.stack_owner) if depth == 0 and self.stack_owner is not None else None
         self._n_special = tokenizer.num_special_tokens_to_add(pair=spec.self_pair)
-        self._assembler = InputAssembler.for_tokenizer(tokenizer, pair=spec.self_pair)
-        if self._assembler is None:
-            log.info("%s: batches are tokenised by the tokenizer itself (slower path)", type(tokenizer).__name__)
+        self._assembler = InputAssembler.for_tokenizer(tokenizer, pair=spec.self_pair, warn=True)
+        self.fallback_batches = 0  # batches whose inputs the tokenizer made (no assembler): the slower path
+        self._fallback_lock = threading.Lock()
         # RoBERTa-like models have a single token type (DistilBERT none): never feed segment ids to them.
         types = getattr(model.config, "type_vocab_size", 2) or 0
         takes_types = "token_type_ids" in inspect.signature(model.forward).parameters
@@ -149,7 +149,12 @@ class Embedder:
         self, texts: list[str], token_ids: Sequence[Sequence[int]]
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Model inputs and the pooling mask of one batch, on the device (``token_ids``: from ``_token_ids``)."""
-        enc = self._assembler(token_ids, self.max_length) if self._assembler is not None else self._tokenize(texts)
+        if self._assembler is not None:
+            enc = self._assembler(token_ids, self.max_length)
+        else:
+            enc = self._tokenize(texts)
+            with self._fallback_lock:
+                self.fallback_batches += 1
         inputs = {k: v.to(self.device) for k, v in enc.items() if k in self._input_names}
         return inputs, self._pool_mask(enc).to(self.device)
 

@@ -6,6 +6,7 @@ uses it as the teacher.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Sequence
 
 import numpy as np
@@ -42,7 +43,9 @@ class CrossEncoderReranker:
         self.model = prepare_model(loaded, dtype, self.device)
         # a query's text is shared by all its pairs and a document's by every query that retrieved it: tokenise
         # each distinct text once and assemble the pairs (identical to the tokenizer's own pair encoding)
-        self._assembler = InputAssembler.for_tokenizer(self.tokenizer, pair=True)
+        self._assembler = InputAssembler.for_tokenizer(self.tokenizer, pair=True, warn=True)
+        self.fallback_batches = 0  # batches whose pairs the tokenizer encoded (no assembler): the slower path
+        self._fallback_lock = threading.Lock()
         self._input_names = set(self.tokenizer.model_input_names)
         self._tokenize = SerialTokenizer(self.tokenizer)  # score() may run in several threads at once
 
@@ -73,6 +76,8 @@ class CrossEncoderReranker:
                         max_length=self.max_length,
                         return_tensors="pt",
                     ).to(self.device)
+                    with self._fallback_lock:
+                        self.fallback_batches += 1
                 logits = self.model(**encoded).logits
                 # one logit: relevance; two (not relevant, relevant): their difference ranks like the softmax
                 column = logits[:, 0] if logits.shape[-1] == 1 else logits[:, -1] - logits[:, 0]

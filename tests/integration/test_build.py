@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -51,6 +52,7 @@ def test_full_build_count_check_and_search(settings: Settings, encoder, tmp_path
     summary = _build(settings, encoder, _corpus(tmp_path), tmp_path)
     assert (summary.read, summary.indexed, summary.rejected) == (30, 30, 0)
     assert summary.count_ok and summary.rejects_file is None
+    assert summary.assembler_fallback_batches == 0  # the tiny BERT tokenizer is mirrored
     backend = open_backend(settings)
     try:
         info = backend.info(settings.index)
@@ -64,6 +66,23 @@ def test_full_build_count_check_and_search(settings: Settings, encoder, tmp_path
         assert hits[1].score < 0.999
     finally:
         backend.close()
+
+
+def test_summary_counts_the_batches_the_input_assembler_could_not_build(tiny_ce_dir: Path, tmp_path: Path) -> None:
+    """A tokenizer the assembler cannot mirror (left-side truncation) is used batch by batch: the summary says how
+    often, for this build only (the encoder's own count runs on across builds)."""
+    model = tmp_path / "left-truncating-ce"
+    shutil.copytree(tiny_ce_dir, model)
+    config = model / "tokenizer_config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"truncation_side": "left"}))
+    encoder = load_encoder(EncoderConfig(model=str(model), layer=1, max_length=64, batch_size=4))
+    settings = Settings(index=f"t{uuid.uuid4().hex[:8]}", home=str(tmp_path / "home"),
+                        build=BuildConfig(encode_batch_docs=10, chunk_docs=4))
+    first = _build(settings, encoder, _corpus(tmp_path), tmp_path)
+    assert first.indexed == 30 and first.assembler_fallback_batches == 9  # 3 steps of 10 docs, 3 batches of <= 4
+    again = _build(replace(settings, build=replace(settings.build, encode_batch_docs=30)), encoder,
+                   _corpus(tmp_path), tmp_path)
+    assert again.assembler_fallback_batches == 8 and encoder.fallback_batches == 17  # 30 docs, batches of <= 4
 
 
 def test_bad_rows_are_rejected_and_good_rows_indexed(settings: Settings, encoder, tmp_path: Path) -> None:

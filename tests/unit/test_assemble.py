@@ -1,6 +1,7 @@
 """Inputs assembled from once-computed token ids equal the tokenizer's own, token for token."""
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 
@@ -125,3 +126,89 @@ def test_unusual_post_processors_are_learnt_or_refused(tmp_path: Path) -> None:
     assert InputAssembler.for_tokenizer(tokenizer, pair=True) is None
     with pytest.raises(ConfigError, match="no room for text"):
         InputAssembler.for_tokenizer(AutoTokenizer.from_pretrained(str(folder)), pair=True)([[5, 6]], 3)
+
+
+@pytest.fixture()
+def unwarned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forget which tokenizer classes were warned about (other tests may have fallen back already)."""
+    from ceindex.models import assemble
+
+    monkeypatch.setattr(assemble, "_warned_classes", set())
+
+
+def _python_tokenizer(folder: Path):
+    """The pure-Python ("slow") BERT tokenizer of ``folder``: the assembler never mirrors one."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=False)
+    if tokenizer.is_fast:  # transformers 5: BertTokenizer is the Rust one, the Python one is BertTokenizerLegacy
+        from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
+
+        tokenizer = BertTokenizerLegacy.from_pretrained(str(folder))
+    assert not tokenizer.is_fast
+    return tokenizer
+
+
+def _fallback_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "ceindex.models.assemble" and r.levelno == logging.WARNING]
+
+
+def test_fallback_is_warned_once_per_tokenizer_class_and_every_batch_is_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, unwarned: None
+) -> None:
+    from transformers import AutoModel, AutoTokenizer
+
+    from ceindex.models.embedder import Embedder, PoolingSpec
+
+    folder = build_tiny_ce("bert", tmp_path / "bert")
+    model = AutoModel.from_pretrained(str(folder)).eval()
+
+    def embedder(tokenizer) -> Embedder:
+        return Embedder(model, tokenizer, PoolingSpec(self_pair=True), max_length=40, batch_size=2,
+                        device=torch.device("cpu"), depth=model.config.num_hidden_layers)
+
+    texts = _texts(5, seed=1)  # batches of 2: three batches per encode
+    caplog.set_level(logging.INFO)
+    slow = embedder(_python_tokenizer(folder))
+    other_slow = embedder(_python_tokenizer(folder))
+    for _ in range(3):
+        slow.embed(texts, [1])
+    other_slow.embed(texts, [1])
+    warnings = _fallback_warnings(caplog)
+    assert len(warnings) == 1, warnings  # one class: once, not per encoder, encode or batch
+    assert warnings[0].startswith(f"{type(slow.tokenizer).__name__}: ") and "not a fast (Rust) tokenizer" in warnings[0]
+    assert (slow.fallback_batches, other_slow.fallback_batches) == (9, 3)
+
+    fast = embedder(AutoTokenizer.from_pretrained(str(folder)))  # mirrored: no warning, nothing counted
+    fast.embed(texts, [1])
+    assert fast.fallback_batches == 0 and len(_fallback_warnings(caplog)) == 1
+
+    left = AutoTokenizer.from_pretrained(str(folder))
+    left.truncation_side = "left"
+    for _ in range(2):
+        embedder(left).embed(texts, [1])
+    warnings = _fallback_warnings(caplog)
+    assert len(warnings) == 2, warnings  # another class: its own warning, once
+    assert warnings[1].startswith(f"{type(left).__name__}: ") and "truncates on the left" in warnings[1]
+
+
+def test_reranker_fallback_is_warned_once_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                      unwarned: None) -> None:
+    import json
+
+    from ceindex.models.scorer import CrossEncoderReranker
+
+    folder = build_tiny_ce("bert", tmp_path / "bert")
+    config = folder / "tokenizer_config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"truncation_side": "left"}))
+    caplog.set_level(logging.INFO)
+    pairs = [(q, d) for q in _texts(2, seed=3) for d in _texts(5, seed=4)]  # 10 pairs in batches of 4: 3 batches
+    first, second = (CrossEncoderReranker(str(folder), batch_size=4, max_length=40, device="cpu") for _ in range(2))
+    first.score(pairs)
+    first.score(pairs)
+    second.score(pairs[:4])
+    assert (first.fallback_batches, second.fallback_batches) == (6, 1)
+    warnings = _fallback_warnings(caplog)
+    assert len(warnings) == 1 and warnings[0].startswith(f"{type(first.tokenizer).__name__}: "), warnings
+    assert "truncates on the left" in warnings[0]
