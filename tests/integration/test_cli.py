@@ -1,14 +1,15 @@
-"""The CLI end to end on the embedded backend: build, search, eval (incl. re-rank-only), with --json."""
+"""The CLI end to end: build, search, eval (incl. re-rank-only), with --json; build/search/eval on both backends."""
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from ceindex.cli import cli
-from tests.conftest import SAMPLE
+from tests.conftest import BACKEND_PARAMS, SAMPLE
 
 
 @pytest.fixture()
@@ -24,17 +25,30 @@ def run(ceindex_home: Path, tiny_ce_dir: Path, monkeypatch: pytest.MonkeyPatch):
     return invoke
 
 
-def test_build_search_eval(run, tmp_path: Path) -> None:
-    built = json.loads(run("-q", "build", "--data", str(SAMPLE), "--index", "cli", "--max-length", "64",
+@pytest.fixture(params=BACKEND_PARAMS)
+def target(request: pytest.FixtureRequest) -> list[str]:
+    """The flags that pick the backend, and a fresh index name (the OpenSearch node is shared by the session)."""
+    index = ["--index", f"cli-{uuid.uuid4().hex[:8]}"]
+    if request.param == "opensearch":
+        return ["--opensearch", request.getfixturevalue("opensearch_url"), *index]
+    return index
+
+
+def test_build_search_eval(run, target: list[str], tmp_path: Path) -> None:
+    built = json.loads(run("-q", "build", *target, "--data", str(SAMPLE), "--max-length", "64",
                            "--json", "--no-progress").stdout)
-    assert built["indexed"] == 30 and built["count_ok"] is True
-    hits = json.loads(run("-q", "search", "--index", "cli", "--k", "3", "--rerank-max-length", "64", "--json",
+    assert built["indexed"] == 30 and built["count_ok"] is True and built["published"] is True
+    assert built["assembler_fallback_batches"] == 0  # the tiny BERT tokenizer is mirrored: no slow path
+    hits = json.loads(run("-q", "search", *target, "--k", "3", "--rerank-max-length", "64", "--json",
                           "battery").stdout)
     assert len(hits[0]["hits"]) == 3 and hits[0]["query"] == "battery"
-    text = run("-q", "search", "--index", "cli", "--no-rerank", "volcano").stdout
+    bm25 = json.loads(run("-q", "search", *target, "--k", "1", "--no-knn", "--no-rerank", "--json",
+                          "lithium ions battery").stdout)
+    assert bm25[0]["hits"][0]["id"] == "d21"  # the one battery document, found by its words on either backend
+    text = run("-q", "search", *target, "--no-rerank", "volcano").stdout
     assert "rank" in text and "timings (ms)" in text
     out = tmp_path / "report"
-    report = json.loads(run("-q", "eval", "--data", str(SAMPLE), "--index", "cli", "--systems", "bm25,knn",
+    report = json.loads(run("-q", "eval", *target, "--data", str(SAMPLE), "--systems", "bm25,knn",
                             "--out", str(out), "--json", "--no-progress").stdout)
     assert report["systems"] == ["bm25", "knn"] and report["queries"] == 10
     assert report["provenance"]["encoder"]["layer"] == 1

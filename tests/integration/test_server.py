@@ -1,9 +1,12 @@
-"""`ceindex serve`: the HTTP API tested with real HTTP requests against a running uvicorn server."""
+"""`ceindex serve`: the HTTP API tested with real HTTP requests against a running uvicorn server (searches on both
+backends; request validation, which is the same for both, on the embedded one)."""
 from __future__ import annotations
 
 import socket
 import threading
 import time
+import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -11,13 +14,13 @@ import httpx
 import pytest
 
 from ceindex.backends import open_backend
-from ceindex.config import SearchConfig, Settings
+from ceindex.config import OpenSearchConfig, SearchConfig, Settings
 from ceindex.data.corpus import corpus_path
 from ceindex.models import EncoderConfig, load_encoder
 from indexer.build import build_index
 from search_pipeline import SearchPipeline
 from search_pipeline.server import create_app
-from tests.conftest import SAMPLE
+from tests.conftest import BACKEND_PARAMS, SAMPLE
 
 
 def _free_port() -> int:
@@ -26,15 +29,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_ce_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def _serve(tiny_ce_dir: Path, home: Path, opensearch_url: str | None = None) -> Iterator[str]:
+    """Build the sample corpus into a fresh index (on OpenSearch when a URL is given) and serve it."""
     import uvicorn
 
-    home = tmp_path_factory.mktemp("serve-home")
-    settings = Settings(index="served", home=str(home), encoder=EncoderConfig(model=str(tiny_ce_dir), layer=1, max_length=64),
+    settings = Settings(index=f"served-{uuid.uuid4().hex[:8]}", home=str(home),
+                        encoder=EncoderConfig(model=str(tiny_ce_dir), layer=1, max_length=64),
                         search=SearchConfig(recall_n=10, rerank_top=3, rerank_max_length=64, max_query_chars=200))
+    if opensearch_url:
+        settings = replace(settings, opensearch=OpenSearchConfig(url=opensearch_url))
     backend = open_backend(settings)
-    build_index(backend, load_encoder(settings.encoder), corpus_path(SAMPLE, None), "served", settings.build,
+    build_index(backend, load_encoder(settings.encoder), corpus_path(SAMPLE, None), settings.index, settings.build,
                 rejects_path=home / "r.jsonl", progress=False)
     backend.close()
     port = _free_port()
@@ -50,15 +55,30 @@ def server(tiny_ce_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     thread.join(timeout=10)
 
 
-def test_healthz_reports_the_index(server: str) -> None:
-    response = httpx.get(f"{server}/healthz")
+@pytest.fixture(scope="module")
+def server(tiny_ce_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The embedded-backend server."""
+    yield from _serve(tiny_ce_dir, tmp_path_factory.mktemp("serve-home"))
+
+
+@pytest.fixture(scope="module", params=BACKEND_PARAMS)
+def any_server(request: pytest.FixtureRequest, tiny_ce_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server on each backend (the embedded one is ``server`` itself)."""
+    if request.param == "embedded":
+        yield request.getfixturevalue("server")
+        return
+    yield from _serve(tiny_ce_dir, tmp_path_factory.mktemp("serve-home"), request.getfixturevalue("opensearch_url"))
+
+
+def test_healthz_reports_the_index(any_server: str) -> None:
+    response = httpx.get(f"{any_server}/healthz")
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ok" and body["documents"] == 30 and body["encoder"]["layer"] == 1
 
 
-def test_search_returns_ranked_hits_with_all_scores(server: str) -> None:
-    response = httpx.post(f"{server}/search", json={"query": "lithium battery charging", "k": 4}, timeout=60)
+def test_search_returns_ranked_hits_with_all_scores(any_server: str) -> None:
+    response = httpx.post(f"{any_server}/search", json={"query": "lithium battery charging", "k": 4}, timeout=60)
     assert response.status_code == 200
     result = response.json()["results"][0]
     assert [h["rank"] for h in result["hits"]] == [1, 2, 3, 4]
@@ -67,8 +87,8 @@ def test_search_returns_ranked_hits_with_all_scores(server: str) -> None:
     assert set(result["timings_ms"]) == {"encode", "bm25", "knn", "fusion", "fetch", "rerank"}
 
 
-def test_batch_of_queries(server: str) -> None:
-    response = httpx.post(f"{server}/search", json={"queries": ["volcano", "honeybee dance"], "k": 2}, timeout=60)
+def test_batch_of_queries(any_server: str) -> None:
+    response = httpx.post(f"{any_server}/search", json={"queries": ["volcano", "honeybee dance"], "k": 2}, timeout=60)
     assert response.status_code == 200
     assert [r["query"] for r in response.json()["results"]] == ["volcano", "honeybee dance"]
 
