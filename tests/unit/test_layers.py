@@ -87,10 +87,10 @@ def test_layer_sweep_and_cli(tmp_path: Path) -> None:
                              baseline=str(baseline), device="cpu", show_progress=False)
     assert [s.layer for s in report.layers] == [0, 2]
     assert (report.n_docs, report.n_queries) == (4, 3)  # q9 has no qrels
-    assert report.best_layer == max(report.layers, key=lambda s: s.metrics["ndcg@10"]).layer
     assert set(report.layers[0].metrics) == {"ndcg@10", "mrr@10", "hit_rate@10", "recall@100"}
     assert report.layers[0].metrics["recall@100"] == 1.0  # 4 docs: everything is retrieved
-    assert report.baseline is not None and 0.0 <= report.baseline.metrics["ndcg@10"] <= 1.0
+    assert report.baseline is not None and report.baseline.model == str(baseline)
+    assert set(report.baseline.metrics) == set(report.layers[0].metrics)
     json_path, png_path = report.write(tmp_path / "out")
     assert json.loads(json_path.read_text())["best_layer"] == report.best_layer
     assert png_path.read_bytes()[:4] == b"\x89PNG"
@@ -103,3 +103,84 @@ def test_layer_sweep_and_cli(tmp_path: Path) -> None:
                                                  "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "nDCG@10" in result.stdout and "best layer: 1" in result.stdout
+
+
+# --- the sweep's numbers on a case small enough to work out by hand ------------------------------------------------
+# Documents d1..d4 are the unit vectors e1..e4, so a query vector's components ARE its scores for d1..d4 and fix
+# the ranking. Each query has one relevant document; at rank r it scores nDCG@10 = 1/log2(r + 1) and MRR = 1/r.
+DOC_KEYWORDS = ("plant", "black hole", "brain", "bee")  # the word that tells d1..d4 apart in their texts
+QUERY_SCORES = {  # layer -> query -> scores of d1..d4; (rank of the relevant document)
+    0: {"q1": [3, 4, 2, 1], "q2": [3, 4, 2, 1], "q3": [4, 3, 1, 2]},  # d1 2nd, d2 1st, d3 4th
+    1: {"q1": [4, 3, 2, 1], "q2": [3, 4, 2, 1], "q3": [2, 1, 4, 3]},  # all 1st
+    2: {"q1": [2, 3, 4, 1], "q2": [1, 4, 3, 2], "q3": [1, 2, 3, 4]},  # d1 3rd, d2 1st, d3 2nd
+    "baseline": {"q1": [4, 3, 2, 1], "q2": [4, 3, 2, 1], "q3": [2, 1, 4, 3]},  # 1st, 2nd, 1st
+}
+EXPECTED = {  # (nDCG@10, MRR@10), rounded to 4 places as the report rounds them
+    0: ((1 / np.log2(3) + 1 + 1 / np.log2(5)) / 3, (1 / 2 + 1 + 1 / 4) / 3),  # 0.6872, 0.5833
+    1: (1.0, 1.0),
+    2: ((1 / np.log2(4) + 1 + 1 / np.log2(3)) / 3, (1 / 3 + 1 + 1 / 2) / 3),  # 0.7103, 0.6111
+    "baseline": ((1 + 1 / np.log2(3) + 1) / 3, (1 + 1 / 2 + 1) / 3),  # 0.8770, 0.8333
+}
+
+
+def _vectors(texts, scores: dict[str, list[int]]) -> np.ndarray:
+    by_text = {text: scores[qid] for qid, text in QUERIES.items() if qid in scores}
+    rows = []
+    for text in texts:
+        if text in by_text:
+            rows.append(by_text[text])
+        else:
+            rows.append([1.0 if keyword in text.lower() else 0.0 for keyword in DOC_KEYWORDS])
+            assert sum(rows[-1]) == 1, f"document text {text!r} names no single keyword"
+    return np.asarray(rows, dtype=np.float32)
+
+
+class _FakeLayers:
+    """Stands in for CrossEncoderLayers: the vectors above instead of a model."""
+
+    def __init__(self, model: str, layers, **kwargs) -> None:
+        self.layers, self.max_length, self.full_depth = sorted(set(layers)), kwargs["max_length"], 6
+
+    def encode_layers(self, texts, **kwargs) -> dict[int, np.ndarray]:
+        return {layer: _vectors(texts, QUERY_SCORES[layer]) for layer in self.layers}
+
+    def weights_sha256(self) -> str:
+        return "ce-sha"
+
+
+class _FakeDual:
+    """Stands in for DualEncoder (the baseline)."""
+
+    def __init__(self, config) -> None:
+        pass
+
+    def encode(self, texts, **kwargs) -> np.ndarray:
+        return _vectors(texts, QUERY_SCORES["baseline"])
+
+    def describe(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(weights_sha256="de-sha")
+
+
+def test_layer_sweep_scores_a_hand_worked_case_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ceindex.models import ce_layer, dual
+
+    monkeypatch.setattr(ce_layer, "CrossEncoderLayers", _FakeLayers)
+    monkeypatch.setattr(dual, "DualEncoder", _FakeDual)
+    data = write_beir(tmp_path / "beir")
+    report = run_layer_sweep("fake-ce", data, "test", [2, 0, 1], max_length=64, baseline="fake-de",
+                             device="cpu", show_progress=False)
+    assert [s.layer for s in report.layers] == [0, 1, 2]
+    for score in report.layers:
+        ndcg, mrr = EXPECTED[score.layer]
+        assert score.metrics == {"ndcg@10": round(ndcg, 4), "mrr@10": round(mrr, 4), "hit_rate@10": 1.0,
+                                 "recall@100": 1.0}, score.layer
+    assert [s.metrics["ndcg@10"] for s in report.layers] == [0.6872, 1.0, 0.7103]
+    assert report.best_layer == 1  # the middle one: neither the first, the last, nor the deepest requested
+    assert report.baseline is not None and report.baseline.weights_sha256 == "de-sha"
+    assert report.baseline.metrics == {"ndcg@10": 0.877, "mrr@10": 0.8333, "hit_rate@10": 1.0, "recall@100": 1.0}
+    assert (report.n_docs, report.n_queries, report.weights_sha256) == (4, 3, "ce-sha")
+    json_path, _ = report.write(tmp_path / "out")
+    written = json.loads(json_path.read_text())
+    assert written["best_layer"] == 1 and written["layers"][0]["metrics"]["ndcg@10"] == 0.6872
