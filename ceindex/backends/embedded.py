@@ -35,7 +35,8 @@ from ceindex.backends.base import (
     IndexSettings,
 )
 from ceindex.backends.names import index_name, is_physical_of, looks_physical, searchable_name
-from ceindex.data.corpus import Document, Rejected
+from ceindex.data.corpus import Document, Rejected, body_text
+from ceindex.data.files import atomic_write_text
 from ceindex.models.base import EncoderDescription
 from ceindex.errors import BackendError
 from ceindex.text import BM25_B, BM25_K1, bm25_tokenize, import_bm25s
@@ -213,7 +214,7 @@ class EmbeddedBackend(Backend):
         matrix = np.lib.format.open_memmap(folder / "vectors.npy", mode="w+", dtype=np.float32, shape=(count, dims))
         for row, (doc_id, title, text, blob) in enumerate(db.execute("SELECT id, title, text, vector FROM docs ORDER BY rowid")):
             ids.append(doc_id)
-            texts.append(f"{title} {text}".strip() if title else text)
+            texts.append(body_text(title, text))
             matrix[row] = np.frombuffer(blob, dtype="<f4")
         matrix.flush()
         del matrix
@@ -228,12 +229,12 @@ class EmbeddedBackend(Backend):
         db.close()
         self._writers.pop(state.physical, None)
         meta = state.to_meta() | {"count": len(ids)}
-        _atomic_write(folder / "meta.json", json.dumps(meta, indent=2))
+        atomic_write_text(folder / "meta.json", json.dumps(meta, indent=2))
         return len(ids)
 
     def publish(self, state: BuildState) -> None:
         self.aliases_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self._alias_file(state.alias), json.dumps({"physical": state.physical}))
+        atomic_write_text(self._alias_file(state.alias), json.dumps({"physical": state.physical}))
         logger.info("alias %s -> %s", state.alias, state.physical)
 
     def prune(self, alias: str) -> list[str]:
@@ -303,9 +304,3 @@ class EmbeddedBackend(Backend):
         for loaded in self._loaded.values():
             loaded.close()
         self._loaded.clear()
-
-
-def _atomic_write(path: Path, content: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(content, encoding="utf-8")
-    os.replace(tmp, path)

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Iterator
 
-from ceindex.data.corpus import Document, Rejected, read_documents
+from ceindex.data.corpus import Document, Rejected, body_text, read_documents
 from ceindex.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -75,5 +75,5 @@ def read_qrels_file(path: Path) -> dict[str, dict[str, int]]:
 
 
 def doc_text(doc: dict[str, str]) -> str:
-    """The text embedded for a document: title and text joined by a space, as BEIR does."""
-    return f"{doc['title']} {doc['text']}".strip()
+    """The text embedded for a document: ``body_text`` of its title and text, stripped also without a title."""
+    return body_text(doc["title"], doc["text"]).strip()

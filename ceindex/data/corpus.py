@@ -32,7 +32,16 @@ class Document:
     @property
     def body(self) -> str:
         """The text that is both BM25-indexed and embedded: title and text, as BEIR does."""
-        return f"{self.title} {self.text}".strip() if self.title else self.text
+        return body_text(self.title, self.text)
+
+
+def body_text(title: str, text: str) -> str:
+    """Title and text joined by a space (as BEIR does), stripped; the text as it is when there is no title.
+
+    The one place this join is written: ``Document.body``, the embedded store's BM25 index and the BEIR
+    readers of the layer sweep and distillation all call it.
+    """
+    return f"{title} {text}".strip() if title else text
 
 
 @dataclass

@@ -13,6 +13,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ceindex.data.files import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 
@@ -41,9 +43,7 @@ def teacher_margins(
         scores = {pair: float(v) for pair, v in zip(pairs, values)}
         if cache:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp")
-            tmp.write_text(json.dumps([[q, d, s] for (q, d), s in scores.items()]), encoding="utf-8")
-            tmp.replace(cache)
+            atomic_write_text(cache, json.dumps([[q, d, s] for (q, d), s in scores.items()]))
     else:
         log.info("teacher scores of %d pairs read from the cache %s", len(pairs), cache)
     margins = np.array([scores[(q, p)] - scores[(q, n)] for q, p, n in triples], dtype=np.float32)
