@@ -15,39 +15,51 @@ Layout of ``out_dir`` while training: ``_work/`` holds the mined triples (+ teac
 finished epoch's checkpoint (model, optimizer, scheduler, RNG) and the best model so far; state.json names
 them and is replaced atomically. Rerunning the same command resumes after the last finished epoch. At the
 end the best epoch's model (by held-out nDCG@10) is written to ``out_dir`` with ``ceindex_distill.json``
-and ``_work/`` is removed.
+and ``_work/`` is removed. What the folder holds and which settings made it: ``ceindex.distill.workdir``.
+
+``distill`` reads as its steps: identify the settings, prepare the folder, prepare the run (data, triples,
+model, optimiser), resume or measure the start, train the remaining epochs, finish.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ceindex.data.files import atomic_write_text
 from ceindex.distill.batches import plan_batches
 from ceindex.distill.config import StudentConfig, TrainConfig
 from ceindex.distill.data import TrainingData, load_training_data
 from ceindex.distill.evaluate import eval_doc_ids, held_out_metrics
 from ceindex.distill.init import build_student, resolve_source, save_student
 from ceindex.distill.mining import mine_hard_negatives
+from ceindex.distill.workdir import (
+    FORMAT,
+    META_FILE,
+    WORK,
+    RunState,
+    finished_metadata,
+    prepare_out_dir,
+    read_state,
+    settings_fingerprint,
+    write_state,
+)
 from ceindex.errors import ConfigError, ModelError
 from ceindex.models.runtime import weights_sha256
 
 log = logging.getLogger(__name__)
 
-META_FILE = "ceindex_distill.json"
-WORK = "_work"
-FORMAT = 1
+__all__ = ["META_FILE", "WORK", "DistillResult", "EpochRecord", "distill"]
 
 
 @dataclass
@@ -62,30 +74,45 @@ class EpochRecord:
 
 
 @dataclass
-class _State:
-    """What ``_work/state.json`` records: enough to resume after the last finished epoch."""
-
-    fingerprint: str
-    epochs_done: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    init_held_out: dict[str, float] | None = None
-    best_epoch: int | None = None
-    best_score: float | None = None
-    stopped_early: bool = False
-    checkpoint: str | None = None  # folder name under _work
-    best: str | None = None
-    train_seconds: float = 0.0
-    prepare_seconds: float = 0.0
-    wall_seconds: float = 0.0  # end to end, summed over interrupted and resumed invocations
-    student: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
 class DistillResult:
     out_dir: Path
     metadata: dict[str, Any]
     resumed_from_epoch: int = 0  # epochs already done when this call started
     already_done: bool = False
+
+
+@dataclass
+class _Run:
+    """What one call trains with: data and triples, the model, its optimiser, and the held-out check."""
+
+    data: TrainingData
+    triples: list[tuple[str, str, str]]
+    margins: np.ndarray | None  # teacher margins, one per triple (None without a teacher)
+    model: Any  # SentenceTransformer
+    tokenizer: Any
+    eval_ids: list[str]  # the documents the held-out queries are searched in
+    plans: list[list[list[int]]]  # per epoch, the batches (indices into triples)
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+
+    def held_out(self, train: TrainConfig) -> dict[str, float] | None:
+        """nDCG@10 and friends on the held-out queries; None when the split holds none out."""
+        if not self.data.held_out:
+            return None
+        return held_out_metrics(self.model, self.tokenizer, self.data.queries, self.data.held_out_qrels,
+                                self.data.docs, self.eval_ids, max_length=train.max_length,
+                                query_max_length=train.query_max_length)
+
+
+@dataclass
+class _WallClock:
+    """End-to-end seconds, summed over an interrupted run and the calls that resumed it."""
+
+    before: float  # what earlier calls spent
+    started: float  # perf_counter() when this call started
+
+    def total(self) -> float:
+        return self.before + time.perf_counter() - self.started
 
 
 class _StopRequested(Exception):
@@ -111,68 +138,90 @@ def distill(
     ``stop_after_epoch``: stop (as if interrupted) once this epoch is checkpointed; for tests.
     """
     out = Path(out_dir).expanduser()
+    fingerprint, teacher_sha = _identify(student, train, teacher_model)
+    prepare_out_dir(out, fingerprint, restart)
+    existing = finished_metadata(out)
+    if existing is not None:
+        return _already_done(out, existing)
+    started = time.perf_counter()
+    work = out / WORK
+    work.mkdir(parents=True, exist_ok=True)
+    state = read_state(work, fingerprint)
+    resumed_from, clock = state.epochs_done, _WallClock(state.wall_seconds, started)
+    run = _prepare(work, state, student, train, teacher_model, teacher_sha, cache_dir)
+    _resume_or_measure_start(out, work, state, run, train)
+    try:
+        _train_epochs(work, state, run, train, clock, progress, stop_after_epoch)
+    except _StopRequested as stop:
+        log.warning("%s; rerun the same command to resume", stop)
+        return DistillResult(out, {}, resumed_from_epoch=resumed_from)
+    state.wall_seconds = clock.total()
+    meta = _finish(out, work, state, run, train, student, teacher_model, teacher_sha)
+    return DistillResult(out, meta, resumed_from_epoch=resumed_from)
+
+
+# --------------------------------------------------------------------------- the steps of distill
+def _identify(student: StudentConfig, train: TrainConfig, teacher_model: str | None) -> tuple[str, str | None]:
+    """The settings' fingerprint and the teacher's weights sha256 (None without a teacher)."""
     if train.teacher and not teacher_model:
         raise ConfigError("--teacher needs the cross-encoder (--model) to score margins; or pass --no-teacher")
     source = resolve_source(student.source)
     teacher_sha = _teacher_sha(teacher_model) if train.teacher else None
-    fingerprint = _fingerprint(student, train, weights_sha256(source.path), teacher_sha)
-    _prepare_out_dir(out, fingerprint, restart)
-    existing = _finished_metadata(out)
-    if existing is not None:
-        log.info("%s already holds the model these settings train (finished %s); nothing to do",
-                 out, existing.get("finished"))
-        return DistillResult(out, existing, resumed_from_epoch=len(existing.get("epochs", [])), already_done=True)
+    return settings_fingerprint(student, train, weights_sha256(source.path), teacher_sha), teacher_sha
 
-    call_started = time.perf_counter()
-    work = out / WORK
-    work.mkdir(parents=True, exist_ok=True)
-    state = _read_state(work, fingerprint)
-    resumed_from, wall_before = state.epochs_done, state.wall_seconds
+
+def _already_done(out: Path, existing: dict[str, Any]) -> DistillResult:
+    log.info("%s already holds the model these settings train (finished %s); nothing to do",
+             out, existing.get("finished"))
+    return DistillResult(out, existing, resumed_from_epoch=len(existing.get("epochs", [])), already_done=True)
+
+
+def _prepare(
+    work: Path, state: RunState, student: StudentConfig, train: TrainConfig, teacher_model: str | None,
+    teacher_sha: str | None, cache_dir: Path | None,
+) -> _Run:
+    """Data, mined triples (+ margins), the model (checkpoint or fresh), the epochs' batches, the optimiser."""
     prepared = time.perf_counter()
     data = load_training_data(train.data_dir, train.split, train.held_out, train.seed)
     triples, margins = _triples(work, data, train, teacher_model, teacher_sha, cache_dir)
-    if not resumed_from:
+    if not state.epochs_done:
         state.prepare_seconds = time.perf_counter() - prepared
-
     model, tokenizer, info = _model_for(work, state, student, train)
     state.student = info
-    eval_ids = eval_doc_ids(data.doc_ids, {d for q in data.held_out for d in data.relevant[q]}, train.eval_docs, train.seed)
-    evaluate: Callable[[], dict[str, float]] | None = None
-    if data.held_out:
-        def evaluate() -> dict[str, float]:
-            return held_out_metrics(model, tokenizer, data.queries, data.held_out_qrels, data.docs, eval_ids,
-                                    max_length=train.max_length, query_max_length=train.query_max_length)
-
+    relevant_held_out = {d for q in data.held_out for d in data.relevant[q]}
+    eval_ids = eval_doc_ids(data.doc_ids, relevant_held_out, train.eval_docs, train.seed)
     plans = [plan_batches(triples, data.relevant, train.batch_size, train.seed, e) for e in range(1, train.epochs + 1)]
     optimizer, scheduler = _optimizer(model, train, sum(len(p) for p in plans))
-    if state.checkpoint:
-        _load_trainer_state(work / state.checkpoint, optimizer, scheduler)
-        log.info("resuming %s after epoch %d of %d", out, state.epochs_done, train.epochs)
-    elif evaluate is not None and state.init_held_out is None:
-        state.init_held_out = evaluate()
-        log.info("held-out before training (%d queries, %d docs): %s", len(data.held_out), len(eval_ids), state.init_held_out)
+    return _Run(data, triples, margins, model, tokenizer, eval_ids, plans, optimizer, scheduler)
 
-    losses = _losses(model, train)
-    try:
-        for epoch in range(state.epochs_done + 1, train.epochs + 1):
-            if state.stopped_early:
-                break
-            record = _train_epoch(model, tokenizer, losses, optimizer, scheduler, triples, margins, data,
-                                  plans[epoch - 1], epoch, train, progress)
-            if evaluate is not None:
-                record.held_out = evaluate()
-            state.train_seconds += record.seconds
-            state.wall_seconds = wall_before + time.perf_counter() - call_started
-            _after_epoch(work, state, record, model, tokenizer, optimizer, scheduler, train)
-            if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < train.epochs:
-                raise _StopRequested(f"stopped after epoch {epoch} as requested")
-    except _StopRequested as stop:
-        log.warning("%s; rerun the same command to resume", stop)
-        return DistillResult(out, {}, resumed_from_epoch=resumed_from)
-    state.wall_seconds = wall_before + time.perf_counter() - call_started
-    meta = _finish(out, work, state, data, train, student, triples, margins, teacher_model, teacher_sha,
-                   len(eval_ids))
-    return DistillResult(out, meta, resumed_from_epoch=resumed_from)
+
+def _resume_or_measure_start(out: Path, work: Path, state: RunState, run: _Run, train: TrainConfig) -> None:
+    """Resuming: restore optimiser, scheduler and RNG. Starting: score the untrained student on the held-out."""
+    if state.checkpoint:
+        _load_trainer_state(work / state.checkpoint, run.optimizer, run.scheduler)
+        log.info("resuming %s after epoch %d of %d", out, state.epochs_done, train.epochs)
+    elif run.data.held_out and state.init_held_out is None:
+        state.init_held_out = run.held_out(train)
+        log.info("held-out before training (%d queries, %d docs): %s", len(run.data.held_out), len(run.eval_ids),
+                 state.init_held_out)
+
+
+def _train_epochs(
+    work: Path, state: RunState, run: _Run, train: TrainConfig, clock: _WallClock, progress: bool,
+    stop_after_epoch: int | None,
+) -> None:
+    """The remaining epochs, each checkpointed; stops early, or (tests) after ``stop_after_epoch``."""
+    losses = _losses(run.model, train)
+    for epoch in range(state.epochs_done + 1, train.epochs + 1):
+        if state.stopped_early:
+            break
+        record = _train_epoch(run, losses, epoch, train, progress)
+        record.held_out = run.held_out(train)
+        state.train_seconds += record.seconds
+        state.wall_seconds = clock.total()
+        _after_epoch(work, state, record, run, train)
+        if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < train.epochs:
+            raise _StopRequested(f"stopped after epoch {epoch} as requested")
 
 
 # --------------------------------------------------------------------------- setup
@@ -181,66 +230,6 @@ def _teacher_sha(model: str | None) -> str:
     if not path.is_dir():
         raise ModelError(f"teacher cross-encoder folder {model!r} does not exist (or is not a folder)")
     return weights_sha256(resolve_source(str(path)).path)
-
-
-def _fingerprint(student: StudentConfig, train: TrainConfig, source_sha: str, teacher_sha: str | None) -> str:
-    payload = {
-        "student": {"layers": student.layers, "copy": student.copy, "source_sha256": source_sha},
-        "train": train.to_dict() | {"data_dir": str(Path(train.data_dir).expanduser().resolve())},
-        "teacher_sha256": teacher_sha,
-        "format": FORMAT,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def _prepare_out_dir(out: Path, fingerprint: str, restart: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; give a folder for the trained model")
-    if not out.is_dir():
-        return
-    ours = (out / META_FILE).is_file() or (out / WORK).is_dir()
-    if not ours and any(out.iterdir()):
-        raise ConfigError(f"--out {out} exists and is not empty (and is not a distill output); choose a new folder")
-    if restart:
-        shutil.rmtree(out / WORK, ignore_errors=True)
-        (out / META_FILE).unlink(missing_ok=True)
-        return
-    for label, found in (("finished model", _meta_fingerprint(out)), ("interrupted run", _state_fingerprint(out / WORK))):
-        if found is not None and found != fingerprint:
-            raise ConfigError(
-                f"--out {out} holds a {label} made with different settings (model, data or hyper-parameters); "
-                "rerun with the same settings to resume/keep it, pass --restart to discard it, or choose another --out"
-            )
-
-
-def _meta_fingerprint(out: Path) -> str | None:
-    path = out / META_FILE
-    return json.loads(path.read_text(encoding="utf-8")).get("fingerprint") if path.is_file() else None
-
-
-def _state_fingerprint(work: Path) -> str | None:
-    path = work / "state.json"
-    return json.loads(path.read_text(encoding="utf-8")).get("fingerprint") if path.is_file() else None
-
-
-def _finished_metadata(out: Path) -> dict[str, Any] | None:
-    path = out / META_FILE
-    if path.is_file() and (out / "model.safetensors").is_file() and not (out / WORK).exists():
-        return json.loads(path.read_text(encoding="utf-8"))
-    return None
-
-
-def _read_state(work: Path, fingerprint: str) -> _State:
-    path = work / "state.json"
-    if not path.is_file():
-        return _State(fingerprint=fingerprint)
-    return _State(**json.loads(path.read_text(encoding="utf-8")))
-
-
-def _write_state(work: Path, state: _State) -> None:
-    tmp = work / "state.json.tmp"
-    tmp.write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
-    tmp.replace(work / "state.json")
 
 
 def _triples(
@@ -266,13 +255,11 @@ def _triples(
                                   max_length=train.teacher_max_length, batch_size=train.teacher_batch_size,
                                   cache_dir=cache_dir, model_sha256=teacher_sha or "")
     payload = {"triples": triples, "margins": margins.tolist() if margins is not None else None}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(payload))
     return triples, margins
 
 
-def _model_for(work: Path, state: _State, student: StudentConfig, train: TrainConfig) -> tuple[Any, Any, dict]:
+def _model_for(work: Path, state: RunState, student: StudentConfig, train: TrainConfig) -> tuple[Any, Any, dict]:
     """A SentenceTransformer: from the last checkpoint, else freshly built from the source."""
     from sentence_transformers import SentenceTransformer
 
@@ -323,42 +310,19 @@ def _losses(model: Any, train: TrainConfig) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- training
-def _train_epoch(
-    model: Any, tokenizer: Any, losses: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: Any,
-    triples: list[tuple[str, str, str]], margins: np.ndarray | None, data: TrainingData, batches: list[list[int]],
-    epoch: int, train: TrainConfig, progress: bool,
-) -> EpochRecord:
-    model.train()
+def _train_epoch(run: _Run, losses: dict[str, Any], epoch: int, train: TrainConfig, progress: bool) -> EpochRecord:
+    run.model.train()
     started = time.perf_counter()
     totals = {"loss": 0.0, "mnrl": 0.0, "margin": 0.0}
-
-    def features(texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
-        return dict(tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
-
+    batches = run.plans[epoch - 1]
     bar = tqdm(batches, desc=f"epoch {epoch}/{train.epochs}", unit="batch", disable=not progress)
     for batch in bar:
-        rows = [triples[i] for i in batch]
-        columns = [
-            features([data.queries[q] for q, _, _ in rows], train.query_max_length),
-            features([data.docs[p] for _, p, _ in rows], train.max_length),
-            features([data.docs[n] for _, _, n in rows], train.max_length),
-        ]
-        embeddings = [model(column)["sentence_embedding"] for column in columns]
-        mnrl = losses["mnrl"].compute_loss_from_embeddings(embeddings, None)
-        loss = mnrl
-        if "margin" in losses and margins is not None:
-            labels = torch.tensor(margins[batch], dtype=torch.float32)
-            margin = losses["margin"].compute_loss_from_embeddings(embeddings, labels)
-            loss = mnrl + train.margin_weight * margin
-            totals["margin"] += float(margin.detach())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        totals["loss"] += float(loss.detach())
-        totals["mnrl"] += float(mnrl.detach())
-        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        loss, mnrl, margin = _step(run, losses, batch, train)
+        if margin is not None:
+            totals["margin"] += margin
+        totals["loss"] += loss
+        totals["mnrl"] += mnrl
+        bar.set_postfix(loss=f"{loss:.3f}")
     bar.close()
     steps = max(len(batches), 1)
     return EpochRecord(
@@ -371,33 +335,72 @@ def _train_epoch(
     )
 
 
-def _after_epoch(
-    work: Path, state: _State, record: EpochRecord, model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer,
-    scheduler: Any, train: TrainConfig,
-) -> None:
+def _step(run: _Run, losses: dict[str, Any], batch: list[int], train: TrainConfig) -> tuple[float, float, float | None]:
+    """One optimiser step on a batch of triples; returns its loss, the MNRL part and the MarginMSE part."""
+    rows = [run.triples[i] for i in batch]
+    queries, docs = run.data.queries, run.data.docs
+    columns = [
+        _features(run.tokenizer, [queries[q] for q, _, _ in rows], train.query_max_length),
+        _features(run.tokenizer, [docs[p] for _, p, _ in rows], train.max_length),
+        _features(run.tokenizer, [docs[n] for _, _, n in rows], train.max_length),
+    ]
+    embeddings = [run.model(column)["sentence_embedding"] for column in columns]
+    mnrl = losses["mnrl"].compute_loss_from_embeddings(embeddings, None)
+    loss, margin = mnrl, None
+    if "margin" in losses and run.margins is not None:
+        labels = torch.tensor(run.margins[batch], dtype=torch.float32)
+        margin = losses["margin"].compute_loss_from_embeddings(embeddings, labels)
+        loss = mnrl + train.margin_weight * margin
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), 1.0)
+    run.optimizer.step()
+    run.scheduler.step()
+    return float(loss.detach()), float(mnrl.detach()), float(margin.detach()) if margin is not None else None
+
+
+def _features(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    return dict(tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
+
+
+def _after_epoch(work: Path, state: RunState, record: EpochRecord, run: _Run, train: TrainConfig) -> None:
     """Checkpoint the finished epoch, keep the best model, decide on early stopping, swap state.json."""
-    epoch = record.epoch
-    checkpoint = f"checkpoint-{epoch}"
-    _save_model(model, tokenizer, work / checkpoint / "model", train)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state()}, work / checkpoint / "trainer.pt")
-    score = record.held_out["ndcg@10"] if record.held_out else None
+    checkpoint = f"checkpoint-{record.epoch}"
+    _save_checkpoint(work / checkpoint, run, train)
     old = {state.checkpoint, state.best} - {None}
-    improved = score is None or state.best_score is None or score > state.best_score
-    if improved:
-        state.best_epoch, state.best_score, state.best = epoch, score, checkpoint
-    elif state.best_epoch is not None and epoch - state.best_epoch >= train.patience:
-        state.stopped_early = True
-        log.info("held-out nDCG@10 has not improved for %d epoch(s) (best %.4f at epoch %d): stopping early",
-                 epoch - state.best_epoch, state.best_score, state.best_epoch)
-    state.checkpoint, state.epochs_done = checkpoint, epoch
+    _track_best(state, record, checkpoint, train)
+    state.checkpoint, state.epochs_done = checkpoint, record.epoch
     state.history.append(asdict(record))
-    _write_state(work, state)
+    write_state(work, state)
     for name in old - {state.checkpoint, state.best}:
         shutil.rmtree(work / str(name), ignore_errors=True)
     shutil.rmtree(work / "init", ignore_errors=True)
+    _log_epoch(record)
+
+
+def _save_checkpoint(folder: Path, run: _Run, train: TrainConfig) -> None:
+    """The model, and the optimiser, scheduler and RNG a resume continues with."""
+    _save_model(run.model, run.tokenizer, folder / "model", train)
+    torch.save({"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state()}, folder / "trainer.pt")
+
+
+def _track_best(state: RunState, record: EpochRecord, checkpoint: str, train: TrainConfig) -> None:
+    """Remember the epoch with the best held-out nDCG@10 (the last one without a held-out); stop early after
+    ``patience`` epochs without improvement."""
+    score = record.held_out["ndcg@10"] if record.held_out else None
+    if score is None or state.best_score is None or score > state.best_score:
+        state.best_epoch, state.best_score, state.best = record.epoch, score, checkpoint
+    elif state.best_epoch is not None and record.epoch - state.best_epoch >= train.patience:
+        state.stopped_early = True
+        log.info("held-out nDCG@10 has not improved for %d epoch(s) (best %.4f at epoch %d): stopping early",
+                 record.epoch - state.best_epoch, state.best_score, state.best_epoch)
+
+
+def _log_epoch(record: EpochRecord) -> None:
+    score = record.held_out["ndcg@10"] if record.held_out else None
     held = f", held-out nDCG@10 {score:.4f}" if score is not None else ""
-    log.info("epoch %d: loss %.4f (MNRL %.4f%s)%s, %.0f s", epoch, record.loss, record.mnrl_loss,
+    log.info("epoch %d: loss %.4f (MNRL %.4f%s)%s, %.0f s", record.epoch, record.loss, record.mnrl_loss,
              f", MarginMSE {record.margin_mse_loss:.4f}" if record.margin_mse_loss is not None else "", held,
              record.seconds)
 
@@ -419,35 +422,39 @@ def _load_trainer_state(folder: Path, optimizer: torch.optim.Optimizer, schedule
 
 # --------------------------------------------------------------------------- finish
 def _finish(
-    out: Path, work: Path, state: _State, data: TrainingData, train: TrainConfig, student: StudentConfig,
-    triples: list, margins: np.ndarray | None, teacher_model: str | None, teacher_sha: str | None, eval_docs: int,
+    out: Path, work: Path, state: RunState, run: _Run, train: TrainConfig, student: StudentConfig,
+    teacher_model: str | None, teacher_sha: str | None,
 ) -> dict[str, Any]:
-    chosen = work / str(state.best or state.checkpoint) / "model"
+    """Copy the chosen epoch's model into ``out``, write ``ceindex_distill.json``, remove ``_work/``."""
+    _copy_model(work / str(state.best or state.checkpoint) / "model", out)
+    meta = _metadata(state, run, train, student, teacher_model, teacher_sha)
+    atomic_write_text(out / META_FILE, json.dumps(meta, indent=2) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    log.info("wrote %s (epoch %s of %d)", out, state.best_epoch or state.epochs_done, train.epochs)
+    return meta
+
+
+def _copy_model(chosen: Path, out: Path) -> None:
     for item in chosen.iterdir():
         target = out / item.name
         if target.is_dir():
             shutil.rmtree(target)
         (shutil.copytree if item.is_dir() else shutil.copy2)(item, target)
+
+
+def _metadata(
+    state: RunState, run: _Run, train: TrainConfig, student: StudentConfig, teacher_model: str | None,
+    teacher_sha: str | None,
+) -> dict[str, Any]:
     best = next((h for h in state.history if h["epoch"] == state.best_epoch), None)
-    meta: dict[str, Any] = {
+    return {
         "format": FORMAT,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "fingerprint": state.fingerprint,
         "student": state.student | {"pooling": "mean", "normalized": True, "max_seq_length": train.saved_max_length},
         "teacher": {"model": str(Path(teacher_model).expanduser().resolve()), "weights_sha256": teacher_sha,
                     "max_length": train.teacher_max_length} if train.teacher else None,
-        "training_data": {
-            "data_dir": str(Path(train.data_dir).expanduser().resolve()),
-            "split": train.split,
-            "qrels_sha256": data.qrels_sha256,
-            "train_queries": len({q for q, _ in data.train_pairs}),
-            "train_pairs": len(data.train_pairs),
-            "triples": len(triples),
-            "held_out_queries": len(data.held_out),
-            "held_out_eval_docs": eval_docs if data.held_out else 0,
-            "negatives": f"one per pair, drawn from the BM25 top {train.negatives_depth} minus the relevant documents",
-            "teacher_margin_mean": round(float(margins.mean()), 4) if margins is not None else None,
-        },
+        "training_data": _training_data_record(run, train),
         "loss": "MultipleNegativesRankingLoss(scale)" + (
             " + margin_weight * MarginMSELoss(scale * cosine margins vs CE logit margins)" if train.teacher else ""),
         "hyper_parameters": train.to_dict() | {"layers": student.layers, "copy": student.copy},
@@ -461,12 +468,22 @@ def _finish(
                         "total": round(state.wall_seconds, 1)},
         "versions": _versions(),
     }
-    tmp = out / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out / META_FILE)
-    shutil.rmtree(work, ignore_errors=True)
-    log.info("wrote %s (epoch %s of %d)", out, state.best_epoch or state.epochs_done, train.epochs)
-    return meta
+
+
+def _training_data_record(run: _Run, train: TrainConfig) -> dict[str, Any]:
+    data = run.data
+    return {
+        "data_dir": str(Path(train.data_dir).expanduser().resolve()),
+        "split": train.split,
+        "qrels_sha256": data.qrels_sha256,
+        "train_queries": len({q for q, _ in data.train_pairs}),
+        "train_pairs": len(data.train_pairs),
+        "triples": len(run.triples),
+        "held_out_queries": len(data.held_out),
+        "held_out_eval_docs": len(run.eval_ids) if data.held_out else 0,
+        "negatives": f"one per pair, drawn from the BM25 top {train.negatives_depth} minus the relevant documents",
+        "teacher_margin_mean": round(float(run.margins.mean()), 4) if run.margins is not None else None,
+    }
 
 
 def _versions() -> dict[str, str]:
