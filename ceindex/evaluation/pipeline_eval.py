@@ -9,7 +9,7 @@ from typing import Any
 from ceindex.config import Settings
 from ceindex.errors import BackendError, ConfigError, InputError
 from ceindex.evaluation.report import EvalReport, package_versions, score_runs, write_report
-from ceindex.evaluation.runner import SystemRun, rerank_only, run_system
+from ceindex.evaluation.runner import SystemRun, ranked_scores, rerank_only, run_system
 from ceindex.evaluation.systems import System, parse_systems
 from ceindex.evaluation.topics import Topics, load_topics
 
@@ -67,7 +67,8 @@ def _tuned_weights(pipeline: Any, request: EvalRequest) -> tuple[float, float]:
                    progress=request.progress)
         for system in parse_systems("bm25,knn")
     ]
-    # Fusion is tuned on raw scores, so re-run with true scores rather than rank-derived ones.
+    # NB: run_system's runs carry rank-derived scores (ranked_scores), so the weights are tuned on those, not on
+    # the raw BM25 / cosine scores the pipeline's min-max fusion then weighs (an earlier comment said otherwise).
     best = optimize_fusion(
         Qrels(train.qrels),
         [Run(_fill(r.run, train.qrels), name=r.name) for r in runs],
@@ -82,63 +83,118 @@ def _tuned_weights(pipeline: Any, request: EvalRequest) -> tuple[float, float]:
 
 
 def _fill(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -> dict[str, dict[str, float]]:
+    """Every judged query, a query without results holding one placeholder document.
+
+    Not ranx's ``make_comparable`` (which ``score_runs`` uses, where it scores the same): inside a fusion the
+    placeholder is a candidate of its own that ties with the real documents whose fused score is 0 (all of them
+    at a weight of 0), so an empty result instead moves the grid's scores there and could move the tuned weights.
+    """
     return {qid: run.get(qid) or {"__no_result__": 0.0} for qid in qrels}
 
 
 def evaluate(settings: Settings, request: EvalRequest, out_dir: Path | None) -> tuple[EvalReport, dict[str, str]]:
-    from search_pipeline import SearchPipeline
-
-    topics: Topics = load_topics(
-        request.data_dir, request.split, queries_file=request.queries_file, qrels_file=request.qrels_file
-    )
-    systems: list[System] = parse_systems(request.systems) if request.systems.strip() else []
-    if not systems and request.candidates is None and not request.extra_runs:
-        raise ConfigError("nothing to evaluate: give --systems, --candidates or --runs")
-    pipeline = None
-    if systems or request.candidates is not None:
-        try:
-            pipeline = SearchPipeline(settings)
-        except BackendError:
-            if systems:
-                raise
-            logger.info("no index '%s': re-ranking with texts from the corpus file", settings.index)
-    runs: list[SystemRun] = []
+    """Run the requested systems (and candidate / external runs) over the judged queries, score them with ranx,
+    and write the report to ``out_dir`` when given; return the report and the paths written."""
+    topics = load_topics(request.data_dir, request.split, queries_file=request.queries_file,
+                         qrels_file=request.qrels_file)
+    systems = _requested_systems(request)
+    pipeline = _open_pipeline(settings, request, systems)
     try:
-        if request.tune_split:
-            weights = _tuned_weights(pipeline, request)
-            systems.append(System("hybrid-minmax-tuned", {"bm25": True, "knn": True, "fusion": "minmax", "rerank": False,
-                                                          "bm25_weight": weights[0], "knn_weight": weights[1]}))
-        for system in systems:
-            runs.append(run_system(pipeline, system, topics.queries, depth=request.depth,  # type: ignore[arg-type]
-                                   batch_size=request.query_batch, progress=request.progress))
-        if request.candidates is not None:
-            from ceindex.evaluation.runner import ranked_scores
-            from ceindex.models.scorer import CrossEncoderReranker
-
-            candidate_run = _read_trec_run(request.candidates)
-            ordered = {q: [d for d, _ in sorted(docs.items(), key=lambda x: -x[1])] for q, docs in candidate_run.items()}
-            runs.append(SystemRun("candidates", {q: ranked_scores(ids[: request.depth]) for q, ids in ordered.items()}))
-            top = settings.search.rerank_top if request.depth >= settings.search.rerank_top else request.depth
-            wanted = {d for q in topics.queries for d in ordered.get(q, [])[:top]}
-            texts = _candidate_texts(pipeline, request.data_dir, wanted)
-            reranker = pipeline.reranker if pipeline is not None else CrossEncoderReranker(
-                settings.search.rerank_model or _default_ce(),
-                batch_size=settings.search.rerank_batch_size, max_length=settings.search.rerank_max_length,
-                dtype=settings.search.rerank_dtype)
-            runs.append(rerank_only(reranker, "candidates+rerank", topics.queries, ordered, texts,
-                                    top=top, depth=request.depth, progress=request.progress))
-        for path in request.extra_runs:
-            runs.append(SystemRun(path.stem, _read_trec_run(path)))
+        runs = _collect_runs(settings, request, pipeline, systems, topics)
     finally:
         if pipeline is not None:
             pipeline.close()
+    baseline = _baseline(request, runs)
+    provenance = _provenance(settings, request, topics, pipeline)
+    report = score_runs(topics.qrels, runs, baseline=baseline, unjudged=len(topics.unjudged), provenance=provenance)
+    paths = write_report(report, runs, out_dir) if out_dir is not None else {}
+    return report, paths
+
+
+def _requested_systems(request: EvalRequest) -> list[System]:
+    systems = parse_systems(request.systems) if request.systems.strip() else []
+    if not systems and request.candidates is None and not request.extra_runs:
+        raise ConfigError("nothing to evaluate: give --systems, --candidates or --runs")
+    return systems
+
+
+def _open_pipeline(settings: Settings, request: EvalRequest, systems: list[System]) -> Any:
+    """The search pipeline on ``settings.index``; None when nothing needs it, or when re-rank-only mode finds no
+    index (the texts then come from the corpus file)."""
+    from search_pipeline import SearchPipeline
+
+    if not systems and request.candidates is None:
+        return None
+    try:
+        return SearchPipeline(settings)
+    except BackendError:
+        if systems:
+            raise
+        logger.info("no index '%s': re-ranking with texts from the corpus file", settings.index)
+        return None
+
+
+def _collect_runs(
+    settings: Settings, request: EvalRequest, pipeline: Any, systems: list[System], topics: Topics
+) -> list[SystemRun]:
+    """In report order: the systems (plus the tuned hybrid), the candidates and their re-ranking, external runs."""
+    if request.tune_split:
+        systems = [*systems, _tuned_system(pipeline, request)]
+    runs = [
+        run_system(pipeline, system, topics.queries, depth=request.depth, batch_size=request.query_batch,
+                   progress=request.progress)
+        for system in systems
+    ]
+    if request.candidates is not None:
+        runs += _candidate_runs(settings, request, pipeline, topics)
+    runs += [SystemRun(path.stem, _read_trec_run(path)) for path in request.extra_runs]
+    return runs
+
+
+def _tuned_system(pipeline: Any, request: EvalRequest) -> System:
+    weights = _tuned_weights(pipeline, request)
+    return System("hybrid-minmax-tuned", {"bm25": True, "knn": True, "fusion": "minmax", "rerank": False,
+                                          "bm25_weight": weights[0], "knn_weight": weights[1]})
+
+
+def _candidate_runs(settings: Settings, request: EvalRequest, pipeline: Any, topics: Topics) -> list[SystemRun]:
+    """Re-rank-only mode: the given candidate run as it is, and re-ranked by the cross-encoder."""
+    candidate_run = _read_trec_run(request.candidates)  # type: ignore[arg-type]
+    ordered = {q: [d for d, _ in sorted(docs.items(), key=lambda x: -x[1])] for q, docs in candidate_run.items()}
+    given = SystemRun("candidates", {q: ranked_scores(ids[: request.depth]) for q, ids in ordered.items()})
+    top = settings.search.rerank_top if request.depth >= settings.search.rerank_top else request.depth
+    wanted = {d for q in topics.queries for d in ordered.get(q, [])[:top]}
+    texts = _candidate_texts(pipeline, request.data_dir, wanted)
+    reranked = rerank_only(_reranker(settings, pipeline), "candidates+rerank", topics.queries, ordered, texts,
+                           top=top, depth=request.depth, progress=request.progress)
+    return [given, reranked]
+
+
+def _reranker(settings: Settings, pipeline: Any) -> Any:
+    """The pipeline's cross-encoder, or (no index) the configured one."""
+    if pipeline is not None:
+        return pipeline.reranker
+    from ceindex.models.scorer import CrossEncoderReranker
+
+    return CrossEncoderReranker(
+        settings.search.rerank_model or _default_ce(),
+        batch_size=settings.search.rerank_batch_size, max_length=settings.search.rerank_max_length,
+        dtype=settings.search.rerank_dtype)
+
+
+def _baseline(request: EvalRequest, runs: list[SystemRun]) -> str:
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ConfigError(f"two runs share a name: {names}; rename an external run file")
     baseline = request.baseline or names[0]
     if baseline not in names:
         raise ConfigError(f"--baseline {baseline!r} is not one of: {', '.join(names)}")
-    provenance = {
+    return baseline
+
+
+def _provenance(settings: Settings, request: EvalRequest, topics: Topics, pipeline: Any) -> dict[str, Any]:
+    """What the report was made from: command, data and its hashes, index, backend, encoder, settings, versions."""
+    return {
         "command": request.command,
         "data": topics.source,
         "split": request.split,
@@ -151,9 +207,6 @@ def evaluate(settings: Settings, request: EvalRequest, out_dir: Path | None) -> 
         "settings": settings.to_dict(),
         "versions": package_versions(),
     }
-    report = score_runs(topics.qrels, runs, baseline=baseline, unjudged=len(topics.unjudged), provenance=provenance)
-    paths = write_report(report, runs, out_dir) if out_dir is not None else {}
-    return report, paths
 
 
 def _default_ce() -> str:

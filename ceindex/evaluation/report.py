@@ -10,10 +10,13 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ceindex.evaluation.runner import SystemRun
 from ceindex.redact import redact_deep
+
+if TYPE_CHECKING:
+    from ranx import Qrels, Run
 
 logger = logging.getLogger(__name__)
 # ranx's numba kernels warn about an internal uint64 cast on every metric; it does not affect the values.
@@ -84,17 +87,13 @@ def score_runs(
     max_p: float = 0.05,
     provenance: dict[str, Any] | None = None,
 ) -> EvalReport:
-    from ranx import Qrels, Run, compare
+    from ranx import Qrels, compare
 
     names = [r.name for r in runs]
     if baseline not in names:
         raise ValueError(f"baseline {baseline!r} is not one of the systems ({', '.join(names)})")
     ranx_qrels = Qrels(qrels)
-    ranx_runs = []
-    for system in runs:
-        # ranx needs every judged query in the run; an empty result counts as a miss
-        complete = {qid: system.run.get(qid) or {"__no_result__": 0.0} for qid in qrels}
-        ranx_runs.append(Run(complete, name=system.name))
+    ranx_runs = [comparable_run(system, ranx_qrels) for system in runs]
     report = compare(ranx_qrels, ranx_runs, metrics=list(METRICS), max_p=max_p, stat_test="student", rounding_digits=6)
     data = report.to_dict()
     scores = {name: {m: float(data[name]["scores"][m]) for m in METRICS} for name in names}
@@ -119,6 +118,16 @@ def score_runs(
     )
 
 
+def comparable_run(system: SystemRun, qrels: Qrels) -> Run:
+    """``system``'s run as a ranx ``Run`` that holds every judged query and no other (ranx's ``make_comparable``):
+    a query without results gets an empty one and scores 0 on every metric."""
+    from ranx import Run
+
+    # ranx cannot build a Run from a dict without a single document; an empty Run is the same thing to it
+    run = Run(system.run, name=system.name) if any(system.run.values()) else Run(name=system.name)
+    return run.make_comparable(qrels)
+
+
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -140,11 +149,7 @@ def write_report(report: EvalReport, runs: Sequence[SystemRun], out_dir: Path) -
     runs_dir = out_dir / "runs"
     runs_dir.mkdir(exist_ok=True)
     for system in runs:
-        path = runs_dir / f"{system.name.replace('+', '_plus_')}.trec"
-        with open(path, "w", encoding="utf-8") as handle:
-            for qid, docs in system.run.items():
-                for rank, (doc_id, score) in enumerate(sorted(docs.items(), key=lambda x: -x[1]), start=1):
-                    handle.write(f"{qid} Q0 {doc_id} {rank} {score:.6f} {system.name}\n")
+        _write_trec(system, runs_dir / f"{system.name.replace('+', '_plus_')}.trec")
     paths["runs"] = str(runs_dir)
     chart = out_dir / "chart.png"
     _chart(report, chart)
@@ -152,6 +157,19 @@ def write_report(report: EvalReport, runs: Sequence[SystemRun], out_dir: Path) -
     (out_dir / "report.html").write_text(_html(report, chart), encoding="utf-8")
     paths["html"] = str(out_dir / "report.html")
     return paths
+
+
+def _write_trec(system: SystemRun, path: Path) -> None:
+    """``qid Q0 doc rank score name`` lines, queries in run order, scores to 6 decimals, one newline each.
+
+    Not ranx's ``Run.save(kind="trec")``: it writes the same rows, but re-sorts queries by id, prints scores as
+    Python floats (``4.0``, not ``4.000000``), leaves the last line without a newline, and cannot save a run
+    without a single document. Readers (ranx, trec_eval) would parse both alike, but the files would change.
+    """
+    with open(path, "w", encoding="utf-8") as handle:
+        for qid, docs in system.run.items():
+            for rank, (doc_id, score) in enumerate(sorted(docs.items(), key=lambda x: -x[1]), start=1):
+                handle.write(f"{qid} Q0 {doc_id} {rank} {score:.6f} {system.name}\n")
 
 
 def _chart(report: EvalReport, path: Path) -> None:
