@@ -374,11 +374,9 @@ class OpenSearchBackend(Backend):
                 {"score-ranker-processor": {"combination": {"technique": "rrf", "rank_constant": rrf_k}}}]}
         if pipeline_id in self._pipelines:
             return pipeline_id
-        transport = self.client.transport
-        self._call(f"creating search pipeline {pipeline_id}", transport.perform_request,
-                   "PUT", f"/_search/pipeline/{pipeline_id}", body=body)
-        stored = self._call(f"checking search pipeline {pipeline_id}", transport.perform_request,
-                            "GET", f"/_search/pipeline/{pipeline_id}")
+        pipelines = self.client.search_pipeline
+        self._call(f"creating search pipeline {pipeline_id}", pipelines.put, id=pipeline_id, body=body)
+        stored = self._call(f"checking search pipeline {pipeline_id}", pipelines.get, id=pipeline_id)
         processors = stored.get(pipeline_id, {}).get("phase_results_processors", [])
         if processors != body["phase_results_processors"]:
             raise BackendError(
