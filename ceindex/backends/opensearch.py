@@ -11,7 +11,7 @@ import numpy as np
 from ceindex.backends.base import COMPLETE, Backend, BuildState, Hit, IndexInfo, IndexSettings
 from ceindex.backends.cluster_lock import ClusterBuildLock
 from ceindex.backends.names import index_name, is_physical_of, searchable_name
-from ceindex.config import OpenSearchConfig, opensearch_credentials
+from ceindex.config import FUSIONS, OpenSearchConfig, opensearch_credentials
 from ceindex.data.corpus import Document, Rejected
 from ceindex.models.base import EncoderDescription
 from ceindex.errors import BackendError
@@ -354,7 +354,7 @@ class OpenSearchBackend(Backend):
     def server_fusion(self, method: str, weights: Sequence[float], rrf_k: int) -> bool:
         if method == "rrf" and any(w != 1.0 for w in weights):
             return False  # the 2.19 score-ranker processor has no per-query weights
-        return method in ("rrf", "minmax") and self._has_neural_search()
+        return method in FUSIONS and self._has_neural_search()
 
     def _search_pipeline(self, method: str, weights: Sequence[float], rrf_k: int) -> str:
         """Create (once) and verify the search pipeline a hybrid query must run through."""

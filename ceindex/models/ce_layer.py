@@ -13,7 +13,7 @@ import torch
 
 from ceindex.errors import ConfigError, ModelError
 from ceindex.models.base import EncoderDescription
-from ceindex.models.config import EncoderConfig
+from ceindex.models.config import INPUT_MODES, EncoderConfig
 from ceindex.models.embedder import Embedder, PoolingSpec
 from ceindex.models.runtime import (
     effective_max_length,
@@ -105,7 +105,7 @@ class CrossEncoderLayers:
             raise ConfigError("at least one layer is needed")
         if min(layers) < 0:
             raise ConfigError(f"layers must be >= 0 (0 = embedding output); got {sorted(layers)}")
-        if input_mode not in ("self-pair", "single"):
+        if input_mode not in INPUT_MODES:
             raise ConfigError(f"input mode must be self-pair or single; got {input_mode!r}")
         self.model_ref, self.layers = model, sorted(set(layers))
         self.input_mode, self.pooling, self.dtype = input_mode, pooling, dtype
