@@ -2,9 +2,6 @@
 backends; request validation, which is the same for both, on the embedded one)."""
 from __future__ import annotations
 
-import socket
-import threading
-import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -21,18 +18,11 @@ from indexer.build import build_index
 from search_pipeline import SearchPipeline
 from search_pipeline.server import create_app
 from tests.conftest import BACKEND_PARAMS, SAMPLE
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.serving import serving
 
 
 def _serve(tiny_ce_dir: Path, home: Path, opensearch_url: str | None = None) -> Iterator[str]:
     """Build the sample corpus into a fresh index (on OpenSearch when a URL is given) and serve it."""
-    import uvicorn
-
     settings = Settings(index=f"served-{uuid.uuid4().hex[:8]}", home=str(home),
                         encoder=EncoderConfig(model=str(tiny_ce_dir), layer=1, max_length=64),
                         search=SearchConfig(recall_n=10, rerank_top=3, rerank_max_length=64, max_query_chars=200))
@@ -42,17 +32,8 @@ def _serve(tiny_ce_dir: Path, home: Path, opensearch_url: str | None = None) -> 
     build_index(backend, load_encoder(settings.encoder), corpus_path(SAMPLE, None), settings.index, settings.build,
                 rejects_path=home / "r.jsonl", progress=False)
     backend.close()
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(SearchPipeline(settings)), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert time.time() < deadline, "uvicorn did not start within 30 s"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(SearchPipeline(settings))) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from ceindex.models import EncoderConfig, load_encoder
 from indexer.build import build_index
 from search_pipeline import SearchPipeline
 from tests.conftest import BACKEND_PARAMS, FIXTURE_CE, SAMPLE, SCIFACT, require_shared
+from tests.serving import serving
 
 pytestmark = pytest.mark.reliability
 
@@ -113,48 +114,33 @@ def test_pipeline_8_threads_equal_one_thread(layer: int, tiny_indexes: Settings,
 @pytest.mark.parametrize("tiny_indexes", ["embedded"], indirect=True)  # the HTTP layer is backend-independent
 def test_serve_8_clients_equal_one_client(tiny_indexes: Settings, one_torch_thread: None) -> None:
     """8 concurrent HTTP clients x 100 requests against one `serve` app: every answer 200 and equal to one client's."""
-    import socket
     import threading
-    import time
 
     import httpx
-    import uvicorn
 
     from search_pipeline.server import create_app
 
     pipeline = SearchPipeline(replace(tiny_indexes, index=f"conc{os.getpid()}-layer0"))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(pipeline), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert time.time() < deadline, "uvicorn did not start within 30 s"
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}/search"
     queries = _sample_queries()
 
-    def ask(client: httpx.Client, i: int) -> tuple[int, list]:
-        response = client.post(url, json={"query": queries[i], "k": 5}, timeout=60)
+    def ask(client: httpx.Client, url: str, i: int) -> tuple[int, list]:
+        response = client.post(f"{url}/search", json={"query": queries[i], "k": 5}, timeout=60)
         hits = response.json()["results"][0]["hits"] if response.status_code == 200 else []
         return response.status_code, [(h["id"], h["rerank_score"]) for h in hits]
 
+    local = threading.local()
     try:
-        with httpx.Client() as client:
-            reference = [ask(client, i) for i in range(len(queries))]
-        local = threading.local()
+        with serving(create_app(pipeline)) as url:
+            with httpx.Client() as client:
+                reference = [ask(client, url, i) for i in range(len(queries))]
 
-        def work(i: int) -> tuple[int, list]:
-            if not hasattr(local, "client"):
-                local.client = httpx.Client()
-            return ask(local.client, i)
+            def work(i: int) -> tuple[int, list]:
+                if not hasattr(local, "client"):
+                    local.client = httpx.Client()
+                return ask(local.client, url, i)
 
-        outputs, errors = _hammer(work, len(queries))
+            outputs, errors = _hammer(work, len(queries))
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         pipeline.close()
     assert errors == [] and all(status == 200 for status, _ in reference)
     wrong = sum(answer != reference[i] for run in outputs for i, answer in run)

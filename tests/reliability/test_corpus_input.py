@@ -10,10 +10,8 @@ import csv
 import gzip
 import io
 import json
-import os
 import random
 import tempfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from ceindex.errors import BackendError, ConfigError
 from ceindex.models import EncoderConfig, load_encoder
 from indexer.build import build_index
 from tests.conftest import BACKEND_PARAMS, REPO, SAMPLE
+from tests.serving import free_port
 
 pytestmark = pytest.mark.reliability
 
@@ -161,23 +161,29 @@ class _Crash(RuntimeError):
     pass
 
 
-def test_resume_with_another_max_length_starts_a_new_build(base: Settings, encoder, tiny_ce_dir: Path, tmp_path: Path) -> None:
-    alias = _unique("mix")
-    backend = open_backend(base)
+def _build_crashing_at_write(settings: Settings, encoder, alias: str, tmp_path: Path, crash_at: int) -> None:
+    """Build ``alias`` from the sample corpus and crash in the ``crash_at``-th batch write (earlier ones commit)."""
+    backend = open_backend(settings)
     real_write, writes = backend.write, []
 
     def crashing_write(state, docs, vectors):
         writes.append(len(docs))
-        if len(writes) == 3:
+        if len(writes) == crash_at:
             raise _Crash("simulated crash")
         return real_write(state, docs, vectors)
 
     backend.write = crashing_write  # type: ignore[method-assign]
     try:
         with pytest.raises(_Crash):
-            build_index(backend, encoder, SAMPLE_CORPUS, alias, base.build, rejects_path=tmp_path / "r.jsonl", progress=False)
+            build_index(backend, encoder, SAMPLE_CORPUS, alias, settings.build, rejects_path=tmp_path / "r.jsonl",
+                        progress=False)
     finally:
         backend.close()
+
+
+def test_resume_with_another_max_length_starts_a_new_build(base: Settings, encoder, tiny_ce_dir: Path, tmp_path: Path) -> None:
+    alias = _unique("mix")
+    _build_crashing_at_write(base, encoder, alias, tmp_path, crash_at=3)
     shorter = load_encoder(EncoderConfig(model=str(tiny_ce_dir), layer=1, max_length=32, batch_size=8))
     summary = _build(base, shorter, alias, SAMPLE_CORPUS, tmp_path)
     assert summary.resumed_from == 0 and summary.encoded == 30, "resumed a build made with max_length 64"
@@ -323,7 +329,7 @@ def test_credentials_in_the_url_are_never_printed_or_stored(opensearch_url: str,
     evaluated = runner.invoke(cli, ["eval", "--data", str(SAMPLE), "--systems", "bm25", "--out", str(out), "--no-progress",
                                     *common])
     assert evaluated.exit_code == 0, evaluated.output
-    failed = runner.invoke(cli, ["search", "--opensearch", f"http://admin:{SECRET}@127.0.0.1:{_closed_port()}",
+    failed = runner.invoke(cli, ["search", "--opensearch", f"http://admin:{SECRET}@127.0.0.1:{free_port()}",
                                  "--max-retries", "0", "--index", "x", "q"])
     assert failed.exit_code == 2
     texts = [built.output, evaluated.output, failed.output, caplog.text]
@@ -333,18 +339,12 @@ def test_credentials_in_the_url_are_never_printed_or_stored(opensearch_url: str,
 
 
 # --- 9. a dead cluster: backoff between retries, one paragraph, the right hint ----------------------------------
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_retries_back_off_and_end_in_one_actionable_line(monkeypatch: pytest.MonkeyPatch) -> None:
     from ceindex.backends import opensearch as os_backend
 
     delays: list[float] = []
     monkeypatch.setattr(os_backend.time, "sleep", delays.append)
-    backend = os_backend.OpenSearchBackend(OpenSearchConfig(url=f"http://127.0.0.1:{_closed_port()}", max_retries=4))
+    backend = os_backend.OpenSearchBackend(OpenSearchConfig(url=f"http://127.0.0.1:{free_port()}", max_retries=4))
     with pytest.raises(BackendError, match="cannot reach OpenSearch at http://127.0.0.1:.* is the cluster running"):
         backend.ping()
     assert delays == [0.5, 1.0, 2.0, 4.0]
@@ -352,7 +352,7 @@ def test_retries_back_off_and_end_in_one_actionable_line(monkeypatch: pytest.Mon
 
 def test_dead_cluster_cli_error_has_no_traceback(ceindex_home: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "ceindex.cli", "search", "--opensearch", f"http://127.0.0.1:{_closed_port()}",
+        [sys.executable, "-m", "ceindex.cli", "search", "--opensearch", f"http://127.0.0.1:{free_port()}",
          "--max-retries", "2", "--index", "x", "q"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) <= 4, result.stderr
@@ -428,22 +428,7 @@ def test_resume_after_the_tokenizer_changed_starts_a_new_build(tiny_ce_dir: Path
     shutil.copytree(tiny_ce_dir, model)
     settings = Settings(index="tok", home=str(tmp_path / "home"), build=BuildConfig(encode_batch_docs=5))
     config = EncoderConfig(model=str(model), layer=1, max_length=64, batch_size=8)
-    backend = open_backend(settings)
-    real_write, writes = backend.write, []
-
-    def crashing_write(state, docs, vectors):
-        writes.append(len(docs))
-        if len(writes) == 2:
-            raise _Crash("simulated crash")
-        return real_write(state, docs, vectors)
-
-    backend.write = crashing_write  # type: ignore[method-assign]
-    try:
-        with pytest.raises(_Crash):
-            build_index(backend, load_encoder(config), SAMPLE_CORPUS, "tok", settings.build,
-                        rejects_path=tmp_path / "r.jsonl", progress=False)
-    finally:
-        backend.close()
+    _build_crashing_at_write(settings, load_encoder(config), "tok", tmp_path, crash_at=2)
     tokenizer_config = model / "tokenizer_config.json"
     data = json.loads(tokenizer_config.read_text())
     data["do_lower_case"] = not data.get("do_lower_case", True)

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Iterator, Sequence
@@ -31,6 +30,7 @@ from indexer.build import build_index
 from search_pipeline import SearchPipeline, SearchResult
 from search_pipeline.server import QUERIES_PER_CHUNK, api_key_from_env, create_app
 from tests.conftest import SAMPLE
+from tests.serving import free_port, serving
 
 pytestmark = pytest.mark.reliability
 
@@ -38,33 +38,6 @@ SEARCH_SETTINGS = SearchConfig(recall_n=10, rerank_top=3, rerank_max_length=64, 
 
 
 # --- helpers ------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def _serving(app: Any) -> Iterator[str]:
-    """Run ``app`` on a free loopback port in a thread; yield its base URL."""
-    import uvicorn
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start within 30 s"
-        assert thread.is_alive(), "uvicorn stopped while starting"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-
-
 class FakePipeline:
     """Just enough of SearchPipeline for the server: ``search_many`` is supplied by the test."""
 
@@ -117,7 +90,7 @@ def built(tiny_ce_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Settin
 @pytest.fixture(scope="module")
 def real_server(built: Settings, one_torch_thread: None) -> Iterator[str]:
     config = ServeConfig(max_body_bytes=16384, max_queries=8)
-    with _serving(create_app(SearchPipeline(built), config)) as url:
+    with serving(create_app(SearchPipeline(built), config)) as url:
         yield url
 
 
@@ -142,7 +115,7 @@ def test_oversized_chunked_body_without_content_length_is_413(real_server: str) 
 
 
 def test_a_body_that_trickles_in_is_cut_off_at_the_request_timeout() -> None:
-    with _serving(create_app(FakePipeline(), ServeConfig(request_timeout=1.0))) as url:
+    with serving(create_app(FakePipeline(), ServeConfig(request_timeout=1.0))) as url:
         port = int(url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -167,7 +140,7 @@ def test_too_many_queries_is_refused_naming_the_limit(real_server: str) -> None:
 def test_a_thousand_queries_under_the_default_limits_are_refused_without_searching() -> None:
     """The probe's request: 1,000 queries in ~15 KB pinned the CPU for minutes."""
     pipeline = FakePipeline()
-    with _serving(create_app(pipeline, ServeConfig())) as url:
+    with serving(create_app(pipeline, ServeConfig())) as url:
         payload = {"queries": [f"query number {i}" for i in range(1000)]}
         assert len(json.dumps(payload)) < ServeConfig().max_body_bytes
         response = httpx.post(f"{url}/search", json=payload, timeout=30)
@@ -256,7 +229,7 @@ def test_random_json_bodies_never_get_a_5xx(real_server: str) -> None:
 # --- authentication ------------------------------------------------------------------------------
 @pytest.fixture()
 def keyed_server() -> Iterator[str]:
-    with _serving(create_app(FakePipeline(), ServeConfig(max_body_bytes=1024), api_key="s3cret-key")) as url:
+    with serving(create_app(FakePipeline(), ServeConfig(max_body_bytes=1024), api_key="s3cret-key")) as url:
         yield url
 
 
@@ -326,7 +299,7 @@ def _raising(exc: Exception) -> Callable[[Sequence[str], int], list[SearchResult
     ],
 )
 def test_pipeline_failures_map_to_status_codes(exc: Exception, status: int, fragment: str) -> None:
-    with _serving(create_app(FakePipeline(_raising(exc)), ServeConfig())) as url:
+    with serving(create_app(FakePipeline(_raising(exc)), ServeConfig())) as url:
         response = httpx.post(f"{url}/search", json={"query": "volcano"}, timeout=30)
         healthy = httpx.get(f"{url}/healthz", timeout=30)
     _assert_short_error(response, status, fragment)
@@ -353,7 +326,7 @@ class Gate:
 def test_overload_is_503_with_retry_after_and_the_admitted_requests_succeed() -> None:
     blocker = Gate()
     app = create_app(FakePipeline(blocker), ServeConfig(max_concurrent=1, max_queued=1, request_timeout=30))
-    with _serving(app) as url:
+    with serving(app) as url:
         answers: dict[str, httpx.Response] = {}
 
         def send(name: str) -> None:
@@ -389,7 +362,7 @@ def test_a_request_over_its_deadline_is_504_and_its_remaining_queries_are_droppe
     pipeline = FakePipeline(_slow(0.6))
     chunks = 5
     queries = [f"q{i}" for i in range(QUERIES_PER_CHUNK * chunks)]
-    with _serving(create_app(pipeline, ServeConfig(max_queries=len(queries), request_timeout=1.0))) as url:
+    with serving(create_app(pipeline, ServeConfig(max_queries=len(queries), request_timeout=1.0))) as url:
         started = time.monotonic()
         response = httpx.post(f"{url}/search", json={"queries": queries}, timeout=30)
         answered_after = time.monotonic() - started
@@ -407,7 +380,7 @@ def app_is_idle(url: str) -> bool:
 def test_a_disconnected_client_stops_its_remaining_queries() -> None:
     pipeline = FakePipeline(_slow(1.0))
     queries = [f"q{i}" for i in range(QUERIES_PER_CHUNK * 4)]
-    with _serving(create_app(pipeline, ServeConfig(max_queries=len(queries), request_timeout=60))) as url:
+    with serving(create_app(pipeline, ServeConfig(max_queries=len(queries), request_timeout=60))) as url:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{url}/search", json={"queries": queries}, timeout=httpx.Timeout(30, read=0.3))
         time.sleep(2.5)
@@ -417,7 +390,7 @@ def test_a_disconnected_client_stops_its_remaining_queries() -> None:
 
 # --- SIGTERM -------------------------------------------------------------------------------------
 def test_sigterm_during_a_long_request_stops_the_server_promptly(built: Settings) -> None:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "CEINDEX_API_KEY"}
     env.update(CEINDEX_HOME=str(built.home), TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "ceindex.cli", "serve", "--index", "served", "--home", str(built.home),
