@@ -160,10 +160,27 @@ def load_pretrained(ref: str, kind: str, loader: Callable[[str], T], what: str) 
         except Exception as exc:  # noqa: BLE001 - any loader failure is a model problem
             raise ModelError(f"cannot load the {what} from {str(path)!r}: {exc}") from exc
     try:
+        source = _hub_source(ref)
         with _quiet_transformers():
-            return loader(ref)
+            return loader(source)
     except Exception as exc:  # noqa: BLE001 - hub ids fail in many ways (HTTP, offline, 404)
         raise hub_error(ref, kind, exc) from exc
+
+
+def _hub_source(ref: str) -> str:
+    """Where to load hub id ``ref`` from: its cached snapshot when there is one (no network at all), else ``ref``
+    itself once one quick request showed the hub answers. Without a hub, the hub client's own metadata requests
+    back off and retry for about 30 s per file before failing; this request fails at once."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    try:
+        return huggingface_hub.snapshot_download(ref, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached (or an incomplete cache): ask the hub
+        pass
+    if not constants.HF_HUB_OFFLINE:
+        huggingface_hub.model_info(ref, timeout=10)
+    return ref
 
 
 @contextlib.contextmanager

@@ -207,6 +207,27 @@ def test_model_errors(bert_dir: Path, tmp_path: Path, monkeypatch: pytest.Monkey
         load_encoder(EncoderConfig(kind="dual", model="no-such-org/no-such-de", device="cpu"))
 
 
+def test_without_a_hub_a_hub_id_fails_after_one_quick_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub client retried each metadata request with backoff (~30 s, a screen of warnings) before the error."""
+    import time
+
+    import huggingface_hub
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    asked: list[str] = []
+
+    def no_hub(repo_id: str, **_: object) -> None:  # what the hub client raises when the host is unreachable
+        asked.append(repo_id)
+        raise ConnectionError("Failed to resolve 'huggingface.co'")
+
+    monkeypatch.setattr(huggingface_hub, "model_info", no_hub)
+    begin = time.monotonic()
+    with pytest.raises(ModelError, match=r"could not be downloaded from the Hugging Face hub \(ConnectionError"):
+        load_encoder(EncoderConfig(model="no-such-org/no-such-model", device="cpu"))
+    assert asked == ["no-such-org/no-such-model"] and time.monotonic() - begin < 5
+
+
 def test_unrecognisable_layer_stack() -> None:
     class Odd(torch.nn.Module):
         def __init__(self) -> None:
