@@ -101,6 +101,8 @@ class ServeConfig:
     max_concurrent: int = _opt(2, "--max-concurrent", "Searches running at once (each holds CPU/GPU); the rest wait in a queue.")
     max_queued: int = _opt(8, "--max-queued", "Requests that may wait for a search slot; more get 503 with Retry-After.")
     request_timeout: float = _opt(60.0, "--request-timeout", "Seconds a request may take: its body must arrive in time (else 408), get a search slot (else 503) and finish searching (else 504; its remaining queries are dropped).")
+    max_connections: int = _opt(64, "--max-connections", "Open HTTP connections at most; requests on more get 503 (put a reverse proxy in front of a public server).")
+    header_timeout: float = _opt(10.0, "--header-timeout", "Seconds a connection may take to send a request's headers; slower ones (and idle ones) are closed.")
 
 
 @dataclass(frozen=True)
@@ -222,6 +224,11 @@ def _coerce(expected: type, value: Any, where: str) -> Any:
         return value
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if expected is float and isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         raise ConfigError(f"{where} must be {expected.__name__}, got {value!r}")
     return value

@@ -221,13 +221,28 @@ def _record_rejects(rejects: list[Rejected], untold: int, rejects_path: Path, su
     if untold:
         summary.rejects_by_reason["refused by the store (details not kept)"] = untold
     if not rejects:
-        rejects_path.unlink(missing_ok=True)
+        if _is_rejects_file(rejects_path):
+            rejects_path.unlink()
     else:
         rejects_path.parent.mkdir(parents=True, exist_ok=True)
         with open(rejects_path, "w", encoding="utf-8") as handle:
             for reject in rejects:
                 handle.write(json.dumps(reject.to_dict(), ensure_ascii=False) + "\n")
         summary.rejects_file = str(rejects_path)
+
+
+def _is_rejects_file(path: Path) -> bool:
+    """Whether ``path`` is a rejects file ceindex wrote (a regular file of reject rows); anything else the user
+    pointed --rejects at is never deleted."""
+    if not path.is_file() or path.is_symlink():
+        return False
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        first = handle.readline()
+    try:
+        row = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(row, dict) and set(row) == {"source", "line", "id", "reason"}
 
 
 def _publish_blocker(summary: BuildSummary, build: BuildConfig) -> str | None:

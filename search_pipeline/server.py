@@ -57,7 +57,7 @@ FASTAPI_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's 400 for
 class SearchRequest(BaseModel):
     query: str | None = Field(None, description="One query.", examples=["do statins lower cholesterol"])
     queries: list[str] | None = Field(None, description="Several queries (batched: one encode, one msearch).")
-    k: int = Field(10, ge=1, le=MAX_K, description="Results per query.")
+    k: int = Field(10, ge=1, le=MAX_K, strict=True, description="Results per query.")
     model_config = {"extra": "forbid"}
 
 
@@ -83,8 +83,12 @@ def validate_serve_config(config: ServeConfig) -> None:
             raise ConfigError(f"serve.{name} must be >= 1, got {getattr(config, name)}")
     if config.max_queued < 0:
         raise ConfigError(f"serve.max_queued must be >= 0, got {config.max_queued}")
-    if not config.request_timeout > 0 or math.isinf(config.request_timeout):
-        raise ConfigError(f"serve.request_timeout must be a positive number of seconds, got {config.request_timeout}")
+    for name in ("request_timeout", "header_timeout"):
+        value = getattr(config, name)
+        if not value > 0 or math.isinf(value):
+            raise ConfigError(f"serve.{name} must be a positive number of seconds, got {value}")
+    if config.max_connections < config.max_concurrent + config.max_queued:
+        raise ConfigError("serve.max_connections must be at least serve.max_concurrent + serve.max_queued")
 
 
 def api_key_from_env() -> str | None:
@@ -94,7 +98,7 @@ def api_key_from_env() -> str | None:
         return None
     if not key.strip():
         raise ConfigError(f"${API_KEY_ENV} is set but empty; unset it to serve without authentication")
-    return key
+    return key.strip()  # a key read from a file often ends in a newline; HTTP trims header values anyway
 
 
 # --- messages -----------------------------------------------------------------------------------
@@ -141,11 +145,13 @@ def status_for(exc: CeindexError) -> int:
 class RequestGuard:
     """Pure ASGI middleware: checks the API key, then reads at most ``max_body_bytes`` of the body."""
 
-    def __init__(self, app: Any, *, max_body_bytes: int, body_timeout: float, api_key: str | None) -> None:
+    def __init__(self, app: Any, *, max_body_bytes: int, body_timeout: float, api_key: str | None,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout
         self.api_key = api_key.encode("utf-8") if api_key is not None else None
+        self.stopping = stopping
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -158,7 +164,7 @@ class RequestGuard:
             headers = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after else {}
             if refusal.status == 401:
                 headers["WWW-Authenticate"] = "Bearer"
-            if refusal.status in (408, 413):
+            if refusal.status in (408, 413) or refusal.status == 503:
                 headers["Connection"] = "close"  # the rest of the body is never read
             await _error_response(refusal.status, refusal.message, headers)(scope, receive, send)
             return
@@ -185,10 +191,21 @@ class RequestGuard:
         return None
 
     async def _read_body_in_time(self, receive: Callable) -> tuple[bytes, Refusal | None]:
+        """The body, unless it is too large, too slow, or the server starts shutting down while it trickles in."""
+        reading = asyncio.ensure_future(self._read_body(receive))
+        end = time.monotonic() + self.body_timeout
         try:
-            return await asyncio.wait_for(self._read_body(receive), self.body_timeout)
-        except asyncio.TimeoutError:
-            return b"", Refusal(408, f"the request body did not arrive within {self.body_timeout:g} s (serve.request_timeout)")
+            while True:
+                done, _ = await asyncio.wait({reading}, timeout=min(POLL_S, max(0.0, end - time.monotonic())))
+                if done:
+                    return reading.result()
+                if self.stopping():
+                    return b"", Refusal(503, "the server is shutting down", retry_after=RETRY_AFTER_S)
+                if time.monotonic() >= end:
+                    return b"", Refusal(408, f"the request body did not arrive within {self.body_timeout:g} s "
+                                             "(serve.request_timeout)")
+        finally:
+            reading.cancel()
 
     async def _read_body(self, receive: Callable) -> tuple[bytes, Refusal | None]:
         chunks: list[bytes] = []
@@ -230,6 +247,10 @@ def _replay(body: bytes, receive: Callable) -> Callable[[], Awaitable[dict[str, 
 
 
 # --- bounded execution: admission, worker threads, deadlines --------------------------------------
+class _Cut(Exception):
+    """A search stopped between chunks (deadline, shutdown or the client left): it has no complete answer."""
+
+
 @dataclass
 class _Job:
     queries: list[str]
@@ -324,7 +345,10 @@ class SearchGate:
                 raise self._timeout_refusal(job)
             done, _ = await asyncio.wait({waiting}, timeout=min(POLL_S, remaining))
             if done:
-                return waiting.result()
+                try:
+                    return waiting.result()
+                except _Cut:
+                    raise self._timeout_refusal(job) from None
             if await is_disconnected():
                 logger.info("client disconnected; dropping the rest of its %d queries", len(job.queries))
                 raise Refusal(499, "client disconnected")
@@ -333,7 +357,7 @@ class SearchGate:
         if self.stopping and time.monotonic() >= self._stop_by:
             return Refusal(503, "the server is shutting down", retry_after=RETRY_AFTER_S)
         timeout = self._config.request_timeout
-        if not job.future.running():
+        if not (job.future.running() or job.future.done()):
             return Refusal(503, f"the server is busy: no search slot within {timeout:g} s (serve.request_timeout)",
                            retry_after=RETRY_AFTER_S)
         logger.warning("a request of %d queries ran past %g s; dropping its remaining queries", len(job.queries), timeout)
@@ -360,7 +384,7 @@ class SearchGate:
         for start in range(0, len(job.queries), QUERIES_PER_CHUNK):
             if job.cancelled.is_set() or time.monotonic() >= self._deadline(job):
                 logger.info("stopped a request after %d of %d queries", start, len(job.queries))
-                return results
+                raise _Cut()  # an incomplete answer is never a success
             results.extend(self._pipeline.search_many(job.queries[start:start + QUERIES_PER_CHUNK], job.k))
         return results
 
@@ -397,8 +421,9 @@ def create_app(pipeline: SearchPipeline, config: ServeConfig | None = None, *, a
         lifespan=lifespan,
     )
     app.state.gate = gate
+    app.state.serve_config = config
     app.add_middleware(RequestGuard, max_body_bytes=config.max_body_bytes, body_timeout=config.request_timeout,
-                       api_key=api_key)
+                       api_key=api_key, stopping=lambda: gate.stopping)
 
     @app.exception_handler(CeindexError)
     async def _ceindex_error(_: Request, exc: CeindexError) -> JSONResponse:
@@ -442,6 +467,8 @@ def create_app(pipeline: SearchPipeline, config: ServeConfig | None = None, *, a
         # and the message numbers it by its position in the request, not in its chunk.
         pipeline.validate(queries, body.k)
         results = await gate.search(queries, body.k, request.is_disconnected)
+        if len(results) != len(queries):  # never answer 200 with some queries missing
+            raise Refusal(503, f"the search answered {len(results)} of {len(queries)} queries", retry_after=RETRY_AFTER_S)
         return {"index": pipeline.index, "results": results}
 
     return app
@@ -458,12 +485,49 @@ def run_server(app: FastAPI, host: str, port: int, *, log_level: str = "info") -
             gate.stop()
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                            timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S) + 2)
+    config = server_config(app, host, port, log_level=log_level)
     with _stopping_signals_return():
         _Server(config).run()
     if not gate.join(timeout=SHUTDOWN_GRACE_S):
         logger.warning("a search was still running at exit; it is abandoned")
+
+
+def server_config(app: FastAPI, host: str, port: int, *, log_level: str = "info") -> Any:
+    """The uvicorn configuration ``serve`` runs with: connection limit, header deadline, keep-alive, grace."""
+    import uvicorn
+
+    serve: ServeConfig = app.state.serve_config
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=_header_deadline_protocol(serve),
+                          limit_concurrency=serve.max_connections, timeout_keep_alive=int(min(5, serve.header_timeout)),
+                          timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S) + 2)
+
+
+def _header_deadline_protocol(config: ServeConfig) -> type:
+    """uvicorn's h11 protocol, closing a connection that has not sent a complete request head within
+    ``header_timeout`` seconds of connecting or of its previous response (slow-header clients would otherwise
+    hold sockets and file descriptors for ever; uvicorn has no such limit of its own)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadlineProtocol(H11Protocol):
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_header_deadline()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_header_deadline()
+
+        def _arm_header_deadline(self) -> None:
+            self._head_wait = getattr(self, "_head_wait", 0) + 1  # only the latest wait may close the connection
+            self.loop.call_later(config.header_timeout, self._close_without_request_head, self._head_wait)
+
+        def _close_without_request_head(self, wait: int) -> None:
+            waiting_for_head = self.conn.their_state is h11.IDLE and (self.cycle is None or self.cycle.response_complete)
+            if wait == self._head_wait and waiting_for_head and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderDeadlineProtocol
 
 
 @contextmanager

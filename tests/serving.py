@@ -16,12 +16,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(app: Any) -> Iterator[str]:
-    """Run ``app`` with uvicorn on a free loopback port in a thread; yield its base URL; stop it after."""
+def serving(app: Any, *, as_served: bool = False) -> Iterator[str]:
+    """Run ``app`` with uvicorn on a free loopback port in a thread; yield its base URL; stop it after.
+    ``as_served``: with the uvicorn settings of ``ceindex serve`` (connection limit, header deadline)."""
     import uvicorn
 
+    from search_pipeline.server import server_config
+
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    config = (server_config(app, "127.0.0.1", port, log_level="warning") if as_served
+              else uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

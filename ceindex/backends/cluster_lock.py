@@ -4,8 +4,8 @@
 token. A thread rewrites it every ``heartbeat_s`` with compare-and-set on its sequence number, so a builder that
 lost the lock finds out (and stops before it publishes). A second builder never trusts another machine's clock:
 it watches the document's sequence number on its own clock and takes the lock over (compare-and-set again)
-only when it has not moved for ``stale_s`` — or at once when the holder is a process of this host that no
-longer runs. Release deletes the document only while it is still ours.
+only when it has not moved for ``stale_s`` — or at once when the holder is this very process, which no longer
+holds it. Release deletes the document only while it is still ours.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 HEARTBEAT_S, STALE_S = 10.0, 60.0
 _HELD_TOKENS: set[str] = set()  # tokens of the locks this process holds right now
+_PROCESS = uuid.uuid4().hex  # this process, unlike (host name, pid), which containers repeat
 
 
 class LostLock(BackendError):
@@ -86,7 +87,7 @@ class ClusterBuildLock:
     # ------------------------------------------------------------------ steps
     def _body(self, token: str) -> dict[str, Any]:
         return {"owner": f"pid {os.getpid()} on {socket.gethostname()}", "pid": os.getpid(),
-                "host": socket.gethostname(), "token": token, "heartbeat": time.time(),
+                "host": socket.gethostname(), "process": _PROCESS, "token": token, "heartbeat": time.time(),
                 "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
     def _ensure_index(self) -> None:
@@ -176,16 +177,7 @@ class ClusterBuildLock:
 
 
 def _holder_gone(holder: dict[str, Any]) -> bool:
-    """Whether a lock's holder is known dead: a process of this host that no longer runs, or this very process
-    when it does not hold that lock (an earlier build here failed and could not release it)."""
-    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
-        return False
-    if holder["pid"] == os.getpid():
-        return holder.get("token") not in _HELD_TOKENS
-    try:
-        os.kill(holder["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
+    """Whether a lock's holder is known dead without waiting: only this very process, when it does not hold that
+    lock now (an earlier build here failed and could not release it). Any other holder is watched instead:
+    host names and pids repeat across containers, so "that pid is not running here" proves nothing."""
+    return holder.get("process") == _PROCESS and holder.get("token") not in _HELD_TOKENS

@@ -15,6 +15,7 @@ import torch
 from ceindex.models.assemble import InputAssembler
 from ceindex.models.runtime import (
     SerialTokenizer,
+    effective_max_length,
     length_sorted_batches,
     load_pretrained,
     prepare_model,
@@ -41,6 +42,7 @@ class CrossEncoderReranker:
             model, "ce-layer", AutoModelForSequenceClassification.from_pretrained, "cross-encoder"
         )
         self.model = prepare_model(loaded, dtype, self.device)
+        self.max_length = effective_max_length(max_length, self.model, self.tokenizer)  # what the positions allow
         # a query's text is shared by all its pairs and a document's by every query that retrieved it: tokenise
         # each distinct text once and assemble the pairs (identical to the tokenizer's own pair encoding)
         self._assembler = InputAssembler.for_tokenizer(self.tokenizer, pair=True, warn=True)

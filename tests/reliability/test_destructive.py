@@ -441,3 +441,35 @@ def test_resume_after_the_tokenizer_changed_starts_a_new_build(tiny_ce_dir: Path
     tokenizer_config.write_text(json.dumps(data))
     with pytest.raises(EncoderMismatchError, match="tokenizer_sha256"):
         SearchPipeline(settings, query_encoder=load_encoder(config))
+
+
+def test_a_clean_build_never_deletes_a_file_it_did_not_write(ceindex_home: Path, encoder, tmp_path: Path) -> None:
+    """A clean build removed whatever --rejects named (a user's notes; as root even /dev/null)."""
+    precious = tmp_path / "notes.txt"
+    precious.write_text("my notes\n")
+    settings = Settings(home=str(ceindex_home))
+    backend = open_backend(settings)
+    try:
+        summary = build_index(backend, encoder, SAMPLE_CORPUS, "clean", settings.build, rejects_path=precious,
+                              progress=False)
+    finally:
+        backend.close()
+    assert summary.rejected == 0 and precious.read_text() == "my notes\n"
+    # a rejects file ceindex wrote earlier is removed once the corpus is clean
+    stale = tmp_path / "stale.jsonl"
+    stale.write_text(json.dumps({"source": "c.jsonl", "line": 3, "id": None, "reason": "empty text"}) + "\n")
+    backend = open_backend(settings)
+    try:
+        build_index(backend, encoder, SAMPLE_CORPUS, "clean3", settings.build, rejects_path=stale, progress=False)
+    finally:
+        backend.close()
+    assert not stale.exists()
+
+
+def test_the_reranker_never_exceeds_the_model_positions(tiny_ce_dir: Path) -> None:
+    """--rerank-max-length above the model's positions crashed searches (size of tensor a (256) must match 130)."""
+    from ceindex.models.scorer import CrossEncoderReranker
+
+    reranker = CrossEncoderReranker(str(tiny_ce_dir), max_length=4096, device="cpu")
+    long_text = " ".join(["photosynthesis chloroplast light energy"] * 100)
+    assert reranker.max_length <= 130 and reranker.score([(long_text, long_text)]).shape == (1,)

@@ -83,3 +83,13 @@ def test_encoder_spec_parsing() -> None:
 def test_home_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("CEINDEX_HOME", str(tmp_path))
     assert load_settings(data={}).home_path == tmp_path
+
+
+def test_yaml_exponent_floats_without_a_dot_are_floats() -> None:
+    """PyYAML reads 1e-5 (no dot) as a string: `distill.lr: 1e-5` was refused as 'must be float'."""
+    import yaml
+
+    from ceindex.config import load_settings
+
+    settings = load_settings(data=yaml.safe_load("distill:\n  lr: 1e-5\n"))
+    assert settings.distill.lr == 1e-5
