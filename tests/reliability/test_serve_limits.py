@@ -421,11 +421,17 @@ def test_sigterm_during_a_long_request_stops_the_server_promptly(built: Settings
         client.start()
         time.sleep(2.0)
         assert not answer, f"the slow request finished too early: {answer}"
+        uploading = socket.create_connection(("127.0.0.1", port), timeout=20)  # its body never completes
+        uploading.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: 100\r\n\r\n{")
+        time.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
         sent = time.monotonic()
         code = proc.wait(timeout=15)
         stopped_after = time.monotonic() - sent
         client.join(timeout=10)
+        upload_answer = uploading.recv(4096)  # was uvicorn's text/plain 500 after its grace period
+        uploading.close()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -435,6 +441,7 @@ def test_sigterm_during_a_long_request_stops_the_server_promptly(built: Settings
     assert stopped_after < 15
     assert answer and isinstance(answer[0], httpx.Response), answer
     _assert_short_error(answer[0], 503, "shutting down")
+    assert upload_answer.startswith(b"HTTP/1.1 503") and b'"the server is shutting down"' in upload_answer, upload_answer
 
 
 # --- found by the second review ------------------------------------------------------------------
