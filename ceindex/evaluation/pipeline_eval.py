@@ -64,11 +64,11 @@ def _tuned_weights(pipeline: Any, request: EvalRequest) -> tuple[float, float]:
     train = load_topics(request.data_dir, request.tune_split or "train")
     runs = [
         run_system(pipeline, system, train.queries, depth=request.depth, batch_size=max(8, request.query_batch),
-                   progress=request.progress)
+                   progress=request.progress, raw_scores=True)
         for system in parse_systems("bm25,knn")
     ]
-    # NB: run_system's runs carry rank-derived scores (ranked_scores), so the weights are tuned on those, not on
-    # the raw BM25 / cosine scores the pipeline's min-max fusion then weighs (an earlier comment said otherwise).
+    # tuned on the raw BM25 / cosine scores, which the pipeline's min-max fusion normalises and weighs (tuning on
+    # rank-derived scores found weights for a different fusion)
     best = optimize_fusion(
         Qrels(train.qrels),
         [Run(_fill(r.run, train.qrels), name=r.name) for r in runs],

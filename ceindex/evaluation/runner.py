@@ -46,8 +46,12 @@ def run_system(
     depth: int = 100,
     batch_size: int = 1,
     progress: bool = True,
+    raw_scores: bool = False,
 ) -> SystemRun:
-    """Every query through ``pipeline`` with ``system``'s stages; batch_size 1 gives per-query latencies."""
+    """Every query through ``pipeline`` with ``system``'s stages; batch_size 1 gives per-query latencies.
+
+    The run's scores reproduce the final ranking (``ranked_scores``); ``raw_scores`` keeps each hit's own score
+    instead (for a single-list system, the BM25 score or the cosine: what the pipeline's min-max fusion weighs)."""
     configured = pipeline.with_search(**system.search)
     qids = list(queries)
     result = SystemRun(system.name, {})
@@ -55,7 +59,8 @@ def run_system(
         for start in range(0, len(qids), batch_size):
             chunk = qids[start : start + batch_size]
             for qid, found in zip(chunk, configured.search_many([queries[q] for q in chunk], depth, include_text=False)):
-                result.run[qid] = ranked_scores([hit.id for hit in found.hits])
+                result.run[qid] = ({hit.id: float(hit.score) for hit in found.hits} if raw_scores
+                                   else ranked_scores([hit.id for hit in found.hits]))
                 timings = dict(found.timings_ms)
                 timings["total"] = sum(timings.values())
                 result.latencies_ms.append(timings)
