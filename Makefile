@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ceindex-installed
 
-.PHONY: demo test unit integration node bench-encode clean
+.PHONY: demo test unit integration reliability node bench-encode clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	$(PY) -m pytest tests/integration -v
+
+# Concurrency, hostile input, destructive rebuilds and serve limits (uses the real node too)
+reliability: $(STAMP)
+	$(PY) -m pytest tests/reliability -v
 
 # Start the same OpenSearch node the tests use, by hand, on http://127.0.0.1:9200 (Ctrl-C stops it).
 node: $(STAMP)
