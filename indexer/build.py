@@ -24,7 +24,7 @@ from typing import Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from ceindex.backends.base import Backend, BuildState, IndexSettings
+from ceindex.backends.base import FAILED, Backend, BuildState, IndexSettings
 from ceindex.backends.names import index_name, physical_name
 from ceindex.config import BuildConfig
 from ceindex.data.corpus import Document, Rejected, read_documents
@@ -124,6 +124,9 @@ def build_index(
             summary.published = True
         else:
             logger.error("not published: %s", summary.held_back)
+            if not summary.count_ok:
+                state.status = FAILED
+                backend.commit(state)
         if prune and summary.published:
             summary.pruned = backend.prune(alias)
     summary.seconds = time.perf_counter() - started
@@ -250,7 +253,8 @@ def _publish_blocker(summary: BuildSummary, build: BuildConfig) -> str | None:
     keep = (f"index {summary.physical} is kept unpublished and '{summary.index}' still serves what it served before")
     if not summary.count_ok:
         return (f"count check failed: the index holds {summary.indexed} documents, expected read {summary.read} - "
-                f"rejected {summary.rejected} = {summary.read - summary.rejected}; {keep}")
+                f"rejected {summary.rejected} = {summary.read - summary.rejected}; {keep}. Rerun the same command: it "
+                "builds a new index (this one is marked failed and deleted by the next --prune)")
     if summary.indexed == 0 and not build.allow_empty:
         return (f"the build holds 0 documents (read {summary.read} rows, rejected {summary.rejected}); {keep}. "
                 "Check --text-field/--id-field, or pass --allow-empty to publish an empty index")

@@ -24,6 +24,7 @@ MAPPING_VERSION = 1
 # A build is "building" while batches are written and "complete" once sealed (settings restored, counted); it
 # serves under its alias only after publish(), which the build does only when the result is good.
 BUILDING, COMPLETE = "building", "complete"
+FAILED = "failed"  # sealed, but its count check failed: never resumed (a resume would seal the same result again)
 MAX_REFUSED_KEPT = 1000  # refused rows whose details a build keeps (their count is always exact)
 
 
@@ -114,7 +115,7 @@ class Backend(ABC):
             if meta.get("alias") != alias or "encoder" not in meta or physical == published:
                 continue
             state = BuildState.from_meta(physical, meta)
-            if state.corpus_fingerprint != corpus_fingerprint:
+            if state.corpus_fingerprint != corpus_fingerprint or state.status == FAILED:
                 continue
             diffs = state.encoder.build_differences(encoder)
             if diffs:

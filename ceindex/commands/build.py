@@ -43,7 +43,7 @@ def build_command(data_dir: str | None, corpus_file: str | None, rejects_file: s
     unpublished, NAME keeps serving what it served, and the exit status is 1:
       - any row rejected        -> fix the rows, or rerun the same command with --allow-rejects
       - 0 documents indexed     -> check --text-field/--id-field, or pass --allow-empty
-      - count check failed      -> rerun the same command (it resumes)
+      - count check failed      -> rerun the same command (it builds a new index)
     Rerunning a held-back build with the allow flag publishes it without encoding again.
     One build of an index runs at a time; a second one stops with an error naming the first.
     """

@@ -473,3 +473,20 @@ def test_the_reranker_never_exceeds_the_model_positions(tiny_ce_dir: Path) -> No
     reranker = CrossEncoderReranker(str(tiny_ce_dir), max_length=4096, device="cpu")
     long_text = " ".join(["photosynthesis chloroplast light energy"] * 100)
     assert reranker.max_length <= 130 and reranker.score([(long_text, long_text)]).shape == (1,)
+
+
+def test_a_build_whose_count_check_failed_is_not_resumed_forever(base: Settings, encoder, tmp_path: Path) -> None:
+    """A sealed build whose count check failed was 'resumed' by every rerun and sealed to the same failure."""
+    alias = _unique("count")
+    backend = open_backend(base)
+    real_seal = backend.seal
+    backend.seal = lambda state, settings: real_seal(state, settings) - 1  # type: ignore[method-assign]
+    try:
+        failed = build_index(backend, encoder, SAMPLE_CORPUS, alias, base.build, rejects_path=tmp_path / "r.jsonl",
+                             progress=False)
+    finally:
+        backend.close()
+    assert not failed.published and "count check failed" in failed.held_back
+    again = _build(base, encoder, alias, SAMPLE_CORPUS, tmp_path, prune=True)
+    assert again.published and again.physical != failed.physical and again.resumed_from == 0
+    assert again.pruned == [failed.physical]
