@@ -159,28 +159,39 @@ def load_pretrained(ref: str, kind: str, loader: Callable[[str], T], what: str) 
                 return loader(str(path))
         except Exception as exc:  # noqa: BLE001 - any loader failure is a model problem
             raise ModelError(f"cannot load the {what} from {str(path)!r}: {exc}") from exc
+    cached = _cached_snapshot(ref)
+    if cached is not None:
+        try:
+            with _quiet_transformers():
+                return loader(cached)
+        except Exception as exc:  # noqa: BLE001 - an incomplete cache (e.g. only the tokenizer): ask the hub
+            log.debug("the cached snapshot of %s is incomplete (%s); asking the hub", ref, exc)
     try:
-        source = _hub_source(ref)
+        _check_hub_answers(ref)
         with _quiet_transformers():
-            return loader(source)
+            return loader(ref)
     except Exception as exc:  # noqa: BLE001 - hub ids fail in many ways (HTTP, offline, 404)
         raise hub_error(ref, kind, exc) from exc
 
 
-def _hub_source(ref: str) -> str:
-    """Where to load hub id ``ref`` from: its cached snapshot when there is one (no network at all), else ``ref``
-    itself once one quick request showed the hub answers. Without a hub, the hub client's own metadata requests
-    back off and retry for about 30 s per file before failing; this request fails at once."""
+def _cached_snapshot(ref: str) -> str | None:
+    """The folder of hub id ``ref``'s cached snapshot, or None (loading from it needs no network at all)."""
     import huggingface_hub
-    from huggingface_hub import constants
 
     try:
         return huggingface_hub.snapshot_download(ref, local_files_only=True)
-    except Exception:  # noqa: BLE001 - not cached (or an incomplete cache): ask the hub
-        pass
+    except Exception:  # noqa: BLE001 - not cached
+        return None
+
+
+def _check_hub_answers(ref: str) -> None:
+    """One quick request: without a hub, the hub client's own metadata requests back off and retry for about
+    30 s per file before failing; this one fails at once."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
     if not constants.HF_HUB_OFFLINE:
         huggingface_hub.model_info(ref, timeout=10)
-    return ref
 
 
 @contextlib.contextmanager

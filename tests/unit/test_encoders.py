@@ -269,3 +269,26 @@ def test_real_fixture_cross_encoder() -> None:
     vectors = encoder.encode(["Aspirin lowers the risk of heart attacks.", "Cats sleep a lot."])
     assert vectors.shape == (2, 384)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_an_incomplete_cached_snapshot_falls_back_to_the_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hub id whose cache holds only some files (e.g. the tokenizer fetched first) is loaded from the hub, not
+    reported as missing."""
+    import huggingface_hub
+
+    from ceindex.models.runtime import load_pretrained
+
+    partial = tmp_path / "snapshot"
+    partial.mkdir()
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda ref, local_files_only: str(partial))
+    monkeypatch.setattr(huggingface_hub, "model_info", lambda ref, timeout: None)  # the hub answers
+    loaded: list[str] = []
+
+    def loader(source: str) -> str:
+        loaded.append(source)
+        if source == str(partial):
+            raise OSError("no file named model.safetensors")
+        return f"model from {source}"
+
+    assert load_pretrained("org/model", "ce-layer", loader, "cross-encoder") == "model from org/model"
+    assert loaded == [str(partial), "org/model"]
