@@ -118,15 +118,7 @@ def build_index(
             summary.assembler_fallback_batches = encoder.fallback_batches - fallback_before  # type: ignore[attr-defined]
         summary.indexed = backend.seal(state, settings)
         _record_rejects(rejects, state.refused_total - len(state.refused), rejects_path, summary)
-        summary.held_back = _publish_blocker(summary, build)
-        if summary.held_back is None:
-            backend.publish(state)
-            summary.published = True
-        else:
-            logger.error("not published: %s", summary.held_back)
-            if not summary.count_ok:
-                state.status = FAILED
-                backend.commit(state)
+        _publish_if_good(backend, state, summary, build)
         if prune and summary.published:
             summary.pruned = backend.prune(alias)
     summary.seconds = time.perf_counter() - started
@@ -246,6 +238,19 @@ def _is_rejects_file(path: Path) -> bool:
     except ValueError:
         return False
     return isinstance(row, dict) and set(row) == {"source", "line", "id", "reason"}
+
+
+def _publish_if_good(backend: Backend, state: BuildState, summary: BuildSummary, build: BuildConfig) -> None:
+    """Move the alias to the sealed build, or hold it back (a failed count check also marks it never to resume)."""
+    summary.held_back = _publish_blocker(summary, build)
+    if summary.held_back is None:
+        backend.publish(state)
+        summary.published = True
+        return
+    logger.error("not published: %s", summary.held_back)
+    if not summary.count_ok:
+        state.status = FAILED
+        backend.commit(state)
 
 
 def _publish_blocker(summary: BuildSummary, build: BuildConfig) -> str | None:

@@ -7,6 +7,9 @@ the physical index, which is what makes a rerun of the same build resume instead
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import time
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -96,6 +99,11 @@ class IndexInfo:
     encoder: EncoderDescription
     count: int
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def lock_holder() -> str:
+    """How a build lock names its holder (this process) in a second builder's error message."""
+    return f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
 
 
 class Backend(ABC):

@@ -18,6 +18,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
+from ceindex.backends.base import lock_holder
 from ceindex.backends.names import LOCKS_INDEX
 from ceindex.errors import BackendError
 
@@ -86,9 +87,8 @@ class ClusterBuildLock:
 
     # ------------------------------------------------------------------ steps
     def _body(self, token: str) -> dict[str, Any]:
-        return {"owner": f"pid {os.getpid()} on {socket.gethostname()}", "pid": os.getpid(),
-                "host": socket.gethostname(), "process": _PROCESS, "token": token, "heartbeat": time.time(),
-                "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        return {"owner": lock_holder(), "pid": os.getpid(), "host": socket.gethostname(), "process": _PROCESS,
+                "token": token, "heartbeat": time.time()}
 
     def _ensure_index(self) -> None:
         from opensearchpy import RequestError
@@ -126,7 +126,7 @@ class ClusterBuildLock:
             except Exception as exc:  # noqa: BLE001
                 raise self._translate(exc, f"reading the build lock of {alias}") from exc
             source, seen = held["_source"], (held["_seq_no"], held["_primary_term"])
-            holder = f"{source.get('owner', 'another builder')} (since {source.get('since', '?')})"
+            holder = str(source.get("owner", "another builder"))
             if not _holder_gone(source):
                 if watched is None:
                     watched, deadline = seen, time.monotonic() + self.stale_s

@@ -16,10 +16,8 @@ import json
 import logging
 import os
 import shutil
-import socket
 import sqlite3
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -33,6 +31,7 @@ from ceindex.backends.base import (
     Hit,
     IndexInfo,
     IndexSettings,
+    lock_holder,
 )
 from ceindex.backends.names import index_name, is_physical_of, looks_physical, searchable_name
 from ceindex.data.corpus import Document, Rejected, body_text
@@ -157,7 +156,7 @@ class EmbeddedBackend(Backend):
                 raise self.lock_conflict(alias, handle.read().strip() or "another process") from None
             handle.seek(0)
             handle.truncate()
-            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
+            handle.write(lock_holder())
             handle.flush()
             try:
                 yield

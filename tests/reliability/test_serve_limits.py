@@ -522,3 +522,16 @@ def test_serve_refuses_an_impossible_port_with_one_line(built: Settings) -> None
 
     result = CliRunner().invoke(cli, ["serve", "--home", str(built.home), "--index", "served", "--port", "99999"])
     assert result.exit_code == 2 and "99999 is not in the range 1<=x<=65535" in result.output
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"header_timeout": 0.0}, "serve.header_timeout must be a positive number"),
+    ({"max_connections": 4, "max_concurrent": 2, "max_queued": 8}, "serve.max_connections must be at least"),
+])
+def test_bad_serve_limits_are_config_errors(changes: dict, message: str) -> None:
+    from dataclasses import replace
+
+    from search_pipeline.server import validate_serve_config
+
+    with pytest.raises(ConfigError, match=message):
+        validate_serve_config(replace(ServeConfig(), **changes))
