@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from ceindex.backends.base import Hit
-from ceindex.config import FUSIONS  # the choices of search.fusion, defined once with the setting
+from ceindex.config import FUSIONS, SearchConfig  # the choices of search.fusion, defined once with the setting
 from ceindex.errors import ConfigError
 
 MINMAX_FLOOR = 0.001  # OpenSearch min-max normalisation maps the minimum here, not to 0
@@ -56,3 +56,13 @@ def fuse(method: str, runs: Sequence[Sequence[Hit]], weights: Sequence[float], r
         raise ConfigError(f"fusion must be one of {', '.join(FUSIONS)}; got {method!r}")
     ordered = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
     return [Hit(doc_id, score, rank) for rank, (doc_id, score) in enumerate(ordered, start=1)]
+
+
+def fuse_recall(bm25: Sequence[Hit], knn: Sequence[Hit], config: SearchConfig) -> list[Hit]:
+    """The pipeline's fusion step for one query under ``config``: the BM25 list alone, the k-NN list alone, or both
+    fused with its method, weights and RRF k. ``ceindex eval --tune-fusion-on`` ranks with this very function."""
+    if config.bm25 and not config.knn:
+        return list(bm25)
+    if config.knn and not config.bm25:
+        return list(knn)
+    return fuse(config.fusion, (bm25, knn), (config.bm25_weight, config.knn_weight), config.rrf_k)

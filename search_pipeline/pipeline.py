@@ -17,7 +17,7 @@ from ceindex.config import FUSIONS, SERVER_FUSIONS, SearchConfig, Settings, load
 from ceindex.errors import ConfigError, EncoderMismatchError, InputError
 from ceindex.models import Encoder, encoder_config_from_description, load_encoder
 from ceindex.models.config import default_ce_model
-from search_pipeline.fusion import fuse
+from search_pipeline.fusion import fuse_recall
 
 logger = logging.getLogger(__name__)
 
@@ -237,13 +237,7 @@ class SearchPipeline:
         return results
 
     def _fuse_all(self, bm25_runs: list[list[Hit]], knn_runs: list[list[Hit]]) -> list[list[Hit]]:
-        cfg = self.config
-        if cfg.bm25 and not cfg.knn:
-            return bm25_runs
-        if cfg.knn and not cfg.bm25:
-            return knn_runs
-        weights = (cfg.bm25_weight, cfg.knn_weight)
-        return [fuse(cfg.fusion, (b, v), weights, cfg.rrf_k) for b, v in zip(bm25_runs, knn_runs)]
+        return [fuse_recall(b, v, self.config) for b, v in zip(bm25_runs, knn_runs)]
 
     def _rerank_all(
         self, queries: Sequence[str], fused_runs: list[list[Hit]], docs: Mapping[str, Any]

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from ceindex.backends.base import Hit
-from search_pipeline.fusion import fuse, minmax, rrf
+from search_pipeline.fusion import fuse, fuse_recall, minmax, rrf
 
 
 def _run(*pairs):
@@ -40,3 +40,13 @@ def test_fuse_orders_and_breaks_ties_by_id() -> None:
     assert [h.id for h in fused] == ["a", "c", "b", "d"]
     assert [h.rank for h in fused] == [1, 2, 3, 4]
     assert [h.id for h in fuse("minmax", [BM25, KNN], [1.0, 1.0])] == ["a", "c", "d", "b"]
+
+
+def test_fuse_recall_is_the_pipelines_fusion_step() -> None:
+    from ceindex.config import SearchConfig
+
+    assert fuse_recall(BM25, KNN, SearchConfig(knn=False)) == BM25
+    assert fuse_recall(BM25, KNN, SearchConfig(bm25=False)) == KNN
+    weighted = SearchConfig(fusion="minmax", bm25_weight=3.0, knn_weight=1.0)
+    assert fuse_recall(BM25, KNN, weighted) == fuse("minmax", [BM25, KNN], [3.0, 1.0])
+    assert fuse_recall(BM25, KNN, SearchConfig(rrf_k=10)) == fuse("rrf", [BM25, KNN], [1.0, 1.0], 10)
