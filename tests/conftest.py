@@ -7,6 +7,7 @@ from typing import Iterator
 
 import pytest
 
+from ceindex.testing.elasticsearch_node import ElasticsearchNode
 from ceindex.testing.opensearch_node import OpenSearchNode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +71,8 @@ URL_ENV = "CEINDEX_TEST_OPENSEARCH_URL"
 
 # Every test that needs the node carries ``pytest.mark.integration`` (``-m "not integration"`` then never starts
 # it). Tests parametrised over both backends take the mark on the OpenSearch case only, through this list.
-NODE_FIXTURES = ("opensearch_url", "opensearch_node", "_session_opensearch_node")
+NODE_FIXTURES = ("opensearch_url", "opensearch_node", "_session_opensearch_node",
+                 "elasticsearch_url", "elasticsearch_node", "_session_elasticsearch_node")
 BACKEND_PARAMS = ["embedded", pytest.param("opensearch", marks=pytest.mark.integration)]
 
 
@@ -111,6 +113,43 @@ def opensearch_node(_session_opensearch_node: OpenSearchNode | None) -> Iterator
     node = _session_opensearch_node
     if node is None:
         pytest.skip(f"SKIPPED LOUDLY: {URL_ENV} points at an external cluster; kill/restart tests need the test node")
+    yield node
+    if not node.running:
+        node.restart()
+
+
+# --- ONE real Elasticsearch 8.19 node (security off) for the whole test session, like the OpenSearch one -----
+# Started on first use (``-m "not integration"`` never starts it); CEINDEX_TEST_ELASTICSEARCH_URL points the tests at
+# an existing cluster instead. Run as root, the node runs as the ``ceindex-es`` system user (ES refuses root).
+ES_URL_ENV = "CEINDEX_TEST_ELASTICSEARCH_URL"
+
+
+@pytest.fixture(scope="session")
+def _session_elasticsearch_node() -> Iterator[ElasticsearchNode | None]:
+    if os.environ.get(ES_URL_ENV):
+        yield None
+        return
+    node = ElasticsearchNode()
+    node.start()  # RuntimeError (with the node log tail) fails every test that needs the node
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def elasticsearch_url(_session_elasticsearch_node: ElasticsearchNode | None) -> str:
+    if _session_elasticsearch_node is None:
+        return os.environ[ES_URL_ENV].rstrip("/")
+    return _session_elasticsearch_node.url
+
+
+@pytest.fixture()
+def elasticsearch_node(_session_elasticsearch_node: ElasticsearchNode | None) -> Iterator[ElasticsearchNode]:
+    """The session's Elasticsearch node; running again after the test (restarted on its data if killed)."""
+    node = _session_elasticsearch_node
+    if node is None:
+        pytest.skip(f"SKIPPED LOUDLY: {ES_URL_ENV} points at an external cluster; kill/restart tests need the test node")
     yield node
     if not node.running:
         node.restart()
