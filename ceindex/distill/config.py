@@ -26,8 +26,11 @@ class StudentConfig:
     source: str
     layers: int = _DEFAULTS.layers
     copy: int = _DEFAULTS.copy
+    random_init: bool = False  # copy nothing: the source's architecture with random (seeded) weights
 
     def __post_init__(self) -> None:
+        if self.random_init and self.copy:
+            raise ConfigError("--init-from random copies nothing; it cannot be combined with --copy > 0")
         if self.layers < 1:
             raise ConfigError(f"--layers must be >= 1 (transformer layers of the student), got {self.layers}")
         if self.copy < 0:
@@ -46,11 +49,22 @@ class TrainConfig:
     Loss per batch: ``MultipleNegativesRankingLoss`` (in-batch + hard negatives, cosine x ``scale``),
     plus, with ``teacher``, ``margin_weight`` x ``MarginMSELoss`` whose labels are the cross-encoder's
     logit margins CE(q, pos) - CE(q, neg) and whose student margins are ``scale`` x cosine margins, so
-    student and teacher margins live on the same logit scale.
+    student and teacher margins live on the same logit scale; and, with ``teacher_de``, ``de_weight`` x (mean
+    cosine distance of the student's query/positive/negative embeddings to the dual-encoder teacher's + KL of the
+    teacher's in-batch query-document similarity distribution to the student's).
     """
 
-    data_dir: str
+    data_dir: str | None = None
     split: str = _DEFAULTS.split
+    triples: str | None = _DEFAULTS.triples
+    drop_sources: str | None = _DEFAULTS.drop_sources
+    corpus: str | None = _DEFAULTS.corpus
+    pseudo_queries: int = _DEFAULTS.pseudo_queries
+    max_triples: int = _DEFAULTS.max_triples
+    teacher_de: str | None = _DEFAULTS.teacher_de
+    de_weight: float = _DEFAULTS.de_weight
+    de_kl_temperature: float = 0.05  # the teacher's and student's in-batch similarities are softmaxed at cos / this
+    max_minutes: float | None = _DEFAULTS.max_minutes  # not part of the fingerprint: a rerun with more time resumes
     epochs: int = _DEFAULTS.epochs
     batch_size: int = _DEFAULTS.batch_size
     lr: float = _DEFAULTS.lr
@@ -85,6 +99,10 @@ class TrainConfig:
             (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
             (self.eval_docs >= 0, f"eval docs must be >= 0 (0 = whole corpus), got {self.eval_docs}"),
             (self.margin_weight >= 0, f"margin weight must be >= 0, got {self.margin_weight}"),
+            (self.de_weight >= 0, f"--de-weight must be >= 0, got {self.de_weight}"),
+            (self.pseudo_queries >= 0, f"--pseudo-queries must be >= 0 (0 = all), got {self.pseudo_queries}"),
+            (self.max_triples >= 0, f"--max-triples must be >= 0 (0 = all), got {self.max_triples}"),
+            (self.max_minutes is None or self.max_minutes > 0, f"--max-minutes must be > 0, got {self.max_minutes}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -97,13 +115,23 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def source_specs(self) -> list[Any]:
+        """The training sources these settings name (``ceindex.distill.data.SourceSpec``)."""
+        from ceindex.distill.data import specs_from
+
+        return specs_from(self.data_dir, self.split, self.triples, self.drop_sources, self.corpus,
+                          self.max_triples, self.pseudo_queries)
+
 
 def student_config(settings: DistillConfig, source: str) -> StudentConfig:
-    """The student described by the ``distill`` settings, copying from ``source``."""
+    """The student described by the ``distill`` settings, copying from ``source`` (``--init-from random``: the
+    source's architecture, nothing copied)."""
+    if settings.init_from == "random":
+        return StudentConfig(source=source, layers=settings.layers, copy=0, random_init=True)
     return StudentConfig(source=source, layers=settings.layers, copy=settings.copy)
 
 
-def train_config(settings: DistillConfig, data_dir: str) -> TrainConfig:
+def train_config(settings: DistillConfig, data_dir: str | None) -> TrainConfig:
     """The training recipe: the ``distill`` settings' values for the keys they hold, the fixed defaults for the rest."""
     given = {f.name for f in fields(DistillConfig)}
     values = {f.name: getattr(settings, f.name) for f in fields(TrainConfig) if f.name in given}

@@ -130,7 +130,7 @@ def build_student(config: StudentConfig, seed: int = 42) -> tuple[torch.nn.Modul
     copied_other, random_other = [], []
     with torch.no_grad():
         for name, tensor in student.state_dict().items():
-            if name.startswith(prefix):
+            if name.startswith(prefix) or config.random_init:
                 continue
             theirs = source_state.get(name)
             if theirs is not None and theirs.shape == tensor.shape:
@@ -140,9 +140,11 @@ def build_student(config: StudentConfig, seed: int = 42) -> tuple[torch.nn.Modul
                 random_other.append(name)
         for i in range(config.copy):
             student_stack[i].load_state_dict(source_stack[i].state_dict())
-    if not any("embed" in name for name in copied_other):
+    if not config.random_init and not any("embed" in name for name in copied_other):
         raise ModelError(f"no embedding weights of {config.source} matched the student's; cannot copy them")
-    if random_other:
+    if config.random_init:
+        random_other = [name for name in student.state_dict() if not name.startswith(prefix)]
+    elif random_other:
         log.info("left at random init (not in the source): %s", ", ".join(random_other))
     info = StudentInfo(
         source=str(Path(config.source).expanduser().resolve()),

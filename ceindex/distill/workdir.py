@@ -29,6 +29,7 @@ class RunState:
 
     fingerprint: str
     epochs_done: int = 0
+    epoch_steps_done: int = 0  # batches of epoch ``epochs_done + 1`` already trained (a budget-cut epoch)
     history: list[dict[str, Any]] = field(default_factory=list)
     init_held_out: dict[str, float] | None = None
     best_epoch: int | None = None
@@ -42,15 +43,50 @@ class RunState:
     student: dict[str, Any] = field(default_factory=dict)
 
 
-def settings_fingerprint(student: StudentConfig, train: TrainConfig, source_sha: str, teacher_sha: str | None) -> str:
-    """sha256 of everything that decides the trained model: student copy, hyper-parameters, data, teacher."""
+def settings_fingerprint(
+    student: StudentConfig, train: TrainConfig, source_sha: str, teacher_sha: str | None, de_sha: str | None = None
+) -> str:
+    """sha256 of everything that decides the trained model: student copy, hyper-parameters, data, teachers.
+    The time budget is left out: a rerun with more (or less) time continues the same run."""
+    student_key = {"layers": student.layers, "copy": student.copy, "source_sha256": source_sha}
+    if student.random_init:
+        student_key["random_init"] = True
+    train_key = train.to_dict() | {"data_dir": _resolved(train.data_dir), "corpus": _resolved(train.corpus),
+                                   "triples": [_file_key(p) for p in (train.triples or "").split(",") if p.strip()]}
+    train_key.pop("max_minutes", None)
+    for optional in ("teacher_de", "de_weight", "de_kl_temperature"):
+        if not train.teacher_de:
+            train_key.pop(optional, None)
+    for optional, default in (("triples", []), ("drop_sources", None), ("corpus", None), ("max_triples", 0)):
+        if train_key.get(optional) == default:
+            train_key.pop(optional, None)
+    if not train.corpus and train.split.strip().lower() not in ("", "none"):
+        train_key.pop("pseudo_queries", None)
     payload = {
-        "student": {"layers": student.layers, "copy": student.copy, "source_sha256": source_sha},
-        "train": train.to_dict() | {"data_dir": str(Path(train.data_dir).expanduser().resolve())},
+        "student": student_key,
+        "train": train_key,
         "teacher_sha256": teacher_sha,
         "format": FORMAT,
     }
+    if de_sha:
+        payload["teacher_de_sha256"] = de_sha
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _file_key(path: str) -> list[str | None]:
+    """A triples file by path and content, so an edited file is never resumed as if it were the same."""
+    resolved = Path(path.strip()).expanduser().resolve()
+    if not resolved.is_file():
+        return [str(resolved), None]
+    digest = hashlib.sha256()
+    with open(resolved, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return [str(resolved), digest.hexdigest()]
+
+
+def _resolved(path: str | None) -> str | None:
+    return str(Path(path.strip()).expanduser().resolve()) if path else None
 
 
 def prepare_out_dir(out: Path, fingerprint: str, restart: bool) -> None:

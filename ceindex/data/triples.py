@@ -1,0 +1,125 @@
+"""Streaming reader of training triples: ``query<TAB>positive[<TAB>negative...]`` (TSV, no header) or JSONL
+(``{"query": ..., "positive": ..., "negative": ... | "negatives": [...]}``), optionally gzipped.
+
+Good rows come as ``Triple``, bad ones as ``Rejected`` with file, line and reason (never silently dropped).
+A row's source (e.g. ``msmarco``, ``scifact_train``) comes from a JSONL ``source`` key or, for any format, from a
+parallel file beside it holding one source name per line: ``NAME.source.gz`` or ``NAME.source`` for
+``NAME.tsv[.gz]`` / ``NAME.jsonl[.gz]`` (the layout of ``shared/data/train-mix``), so a source can be dropped.
+"""
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from ceindex.data.corpus import Rejected, _decode_line, _json_object, _physical_lines
+from ceindex.errors import InputError
+
+TRIPLE_FORMATS = ("tsv", "jsonl")
+
+
+@dataclass
+class Triple:
+    query: str
+    positive: str
+    negatives: list[str] = field(default_factory=list)
+    source: str | None = None
+    line: int = 0
+
+
+def triples_format(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    ext = suffixes[-1].lstrip(".") if suffixes else ""
+    if ext in ("tsv", "txt"):
+        return "tsv"
+    if ext in ("jsonl", "json", "ndjson"):
+        return "jsonl"
+    raise InputError(f"{path}: cannot tell the triples format from the name; use .tsv or .jsonl (optionally .gz)")
+
+
+def sources_file(path: Path) -> Path | None:
+    """The parallel per-line source names of ``path`` (``NAME.source[.gz]``), if present."""
+    stem = path.name
+    for suffix in (".gz", ".tsv", ".txt", ".jsonl", ".json", ".ndjson"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+    for name in (f"{stem}.source.gz", f"{stem}.source"):
+        if (path.parent / name).is_file():
+            return path.parent / name
+    return None
+
+
+def read_triples(path: str | Path) -> Iterator[Triple | Rejected]:
+    """Yield each row of ``path`` as a Triple, or as Rejected with the reason (streaming)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"triples file {path} does not exist")
+    fmt = triples_format(path)
+    names = _source_names(sources_file(path))
+    for number, raw in _physical_lines(path, lone_cr_ends_line=fmt == "tsv"):
+        if isinstance(raw, InputError):
+            raise raw
+        source = next(names, None) if names is not None else None
+        text = _decode_line(str(path), number, raw)
+        if isinstance(text, Rejected):
+            yield text
+            continue
+        if not text.strip():
+            continue
+        row = _tsv_triple(str(path), number, text) if fmt == "tsv" else _jsonl_triple(str(path), number, text)
+        if isinstance(row, Triple) and row.source is None:
+            row.source = source
+        yield row
+
+
+def _source_names(path: Path | None) -> Iterator[str] | None:
+    if path is None:
+        return None
+
+    def names() -> Iterator[str]:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8") as handle:  # type: ignore[operator]
+            for line in handle:
+                yield line.strip()
+
+    return names()
+
+
+def _tsv_triple(source: str, number: int, text: str) -> Triple | Rejected:
+    columns = [c.strip() for c in text.rstrip("\r\n").split("\t")]
+    if len(columns) < 2:
+        return Rejected(source, number, f"has {len(columns)} tab-separated column(s); expected query<TAB>positive[<TAB>negative...]")
+    return _checked(source, number, columns[0], columns[1], columns[2:])
+
+
+def _jsonl_triple(source: str, number: int, text: str) -> Triple | Rejected:
+    row = _json_object(source, number, text)
+    if isinstance(row, Rejected):
+        return row
+    query, positive = row.get("query"), row.get("positive", row.get("pos"))
+    negatives: Any = row.get("negatives", row.get("negative", row.get("neg", [])))
+    if isinstance(negatives, str):
+        negatives = [negatives]
+    if not isinstance(query, str) or not isinstance(positive, str):
+        return Rejected(source, number, 'needs string fields "query" and "positive"')
+    if not isinstance(negatives, list) or not all(isinstance(n, str) for n in negatives):
+        return Rejected(source, number, '"negative(s)" must be a string or a list of strings')
+    triple = _checked(source, number, query.strip(), positive.strip(), [n.strip() for n in negatives])
+    if isinstance(triple, Triple) and isinstance(row.get("source"), str):
+        triple.source = row["source"]
+    return triple
+
+
+def _checked(source: str, number: int, query: str, positive: str, negatives: list[str]) -> Triple | Rejected:
+    if not query:
+        return Rejected(source, number, "empty query")
+    if not positive:
+        return Rejected(source, number, "empty positive")
+    if any(not n for n in negatives):
+        return Rejected(source, number, "empty negative")
+    if positive in negatives:
+        return Rejected(source, number, "the positive is also given as a negative")
+    return Triple(query=query, positive=positive, negatives=negatives, line=number)
