@@ -156,7 +156,7 @@ def test_de_teacher_vectors_are_cached_and_shared_by_the_arms(tiny_ce_dir: Path,
                   progress=False, cache_dir=cache)
     assert len(calls) == 2, "the second arm must read the teacher's vectors from the cache"
     assert arm.metadata["student"]["copied_other"] == [] and arm.metadata["student"]["copied_layers"] == []
-    assert len(list(cache.glob("teacher-de-*.npy"))) == 2
+    assert len(list(cache.glob("teacher-de-*.keys.json"))) == 2  # queries and documents: two max lengths
 
 
 def test_a_teacher_of_another_width_is_refused(tiny_ce_dir: Path, dataset: Path, tmp_path: Path,
@@ -198,3 +198,23 @@ def test_time_budget_writes_the_best_model_so_far_and_a_rerun_continues(tiny_ce_
     assert records[1]["first_step"] == 1
     full = len(json.loads((out / META_FILE).read_text(encoding="utf-8"))["epochs"])
     assert full == 3
+
+
+def test_teacher_caches_compute_only_what_no_earlier_run_computed(tmp_path: Path) -> None:
+    from ceindex.distill.cache import ScoreStore, VectorStore, text_key
+
+    asked: list[list[int]] = []
+
+    def scores(missing: list[int]) -> np.ndarray:
+        asked.append(missing)
+        return np.array([float(i) for i in missing])
+
+    first = ScoreStore(tmp_path, "ce").get_or_compute([text_key("q", "a"), text_key("q", "b")], scores)
+    second = ScoreStore(tmp_path, "ce").get_or_compute([text_key("q", "b"), text_key("q", "c")], scores)
+    assert asked == [[0, 1], [1]] and first.tolist() == [0.0, 1.0] and second.tolist() == [1.0, 1.0]
+    vectors = VectorStore(tmp_path, "de")
+    got = vectors.get_or_compute(["x", "y"], lambda m: np.eye(2, dtype=np.float32)[m])
+    again = VectorStore(tmp_path, "de").get_or_compute(["y", "z", "x"], lambda m: np.full((len(m), 2), 7, np.float32))
+    assert got.tolist() == [[1, 0], [0, 1]] and again.tolist() == [[0, 1], [7, 7], [1, 0]]
+    (tmp_path / "de.keys.json").write_text('["x"]', encoding="utf-8")  # rows and keys disagree: recompute
+    assert VectorStore(tmp_path, "de").get_or_compute(["x"], lambda m: np.zeros((1, 2), np.float32)).tolist() == [[0, 0]]
