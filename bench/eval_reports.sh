@@ -3,12 +3,12 @@
 # (re-rank-only over the shipped BM25 top-100, and the pool as a corpus). Reports land in bench/results/eval-*.
 # Usage: bench/eval_reports.sh [LAYER [STAGE...]]
 #   LAYER: the layer `ceindex layers` picked (default 0)
-#   STAGE: scifact-embedded scifact-opensearch dl19-rerank dl19-pool (default: all)
+#   STAGE: scifact-embedded scifact-opensearch scifact-elasticsearch scifact-tuned dl19-rerank dl19-pool (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LAYER="${1:-0}"
 shift || true
-STAGES="${*:-scifact-embedded scifact-opensearch dl19-rerank dl19-pool}"
+STAGES="${*:-scifact-embedded scifact-opensearch scifact-elasticsearch scifact-tuned dl19-rerank dl19-pool}"
 SHARED="$(cd .. && pwd)/shared"
 CE="$SHARED/models/ce-minilm-l6-scifact"
 export CEINDEX_HOME="${CEINDEX_HOME:-$PWD/bench/results/home}"
@@ -34,6 +34,22 @@ if want scifact-opensearch; then
   NODE_PID=$!
   for _ in $(seq 1 180); do curl -sf http://127.0.0.1:9250/_cluster/health >/dev/null && break; sleep 1; done
   scifact opensearch --opensearch http://127.0.0.1:9250
+  cleanup; NODE_PID=""
+fi
+if want scifact-elasticsearch; then
+  # the Elasticsearch 8.19 test node (run as the ceindex-es user when root); same flags, engine detected
+  .venv/bin/python -m ceindex.testing.elasticsearch_node --port 9251 > "$OUT/es-node.log" 2>&1 &
+  NODE_PID=$!
+  for _ in $(seq 1 180); do curl -sf http://127.0.0.1:9251/_cluster/health >/dev/null && break; sleep 1; done
+  scifact elasticsearch --cluster http://127.0.0.1:9251
+  cleanup; NODE_PID=""
+fi
+if want scifact-tuned; then
+  # fusion tuned on SciFact train (min-max weights, RRF k), scored on test; the tuned settings as a config file
+  $CEINDEX -q build --data "$SHARED/data/scifact" --index scifact --encoder "ce:$CE,layer=$LAYER" --no-progress --prune
+  $CEINDEX -q eval --data "$SHARED/data/scifact" --split test --index scifact --systems bm25,hybrid-rrf,hybrid-minmax \
+    --tune-fusion-on train --write-config "$OUT/eval-scifact-tuned/tuned.yaml" --query-batch 8 \
+    --out "$OUT/eval-scifact-tuned" --no-progress
 fi
 if want dl19-rerank; then
   # re-rank-only over the shipped BM25 top-100 (texts from the pool corpus, no index needed)

@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 import types
 import typing
-from dataclasses import Field, dataclass, field, fields, replace
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
 from ceindex.errors import ConfigError
+from ceindex.filters import parse_field_types
 from ceindex.redact import redact_deep
 from ceindex.models.config import (
     DEVICES,
@@ -72,6 +73,11 @@ class BuildConfig:
     title_field: str = _opt("title", "--title-field", "Field or column holding the title (optional in the data).")
     allow_rejects: bool = _opt(False, "--allow-rejects/--no-allow-rejects", "Publish the build (move the alias to it) and exit 0 even when some rows were rejected.")
     allow_empty: bool = _opt(False, "--allow-empty/--no-allow-empty", "Publish a build that holds 0 documents (otherwise it is kept unpublished and the alias stays).")
+    fields: dict = _opt({}, "--field", "Typed metadata fields for filters, NAME=TYPE (repeatable; in the file a mapping such as {lang: keyword, year: integer}); TYPE is keyword, integer, double, date or boolean, with [] for a list (keyword[]). A value that does not fit is a reject.", metavar="NAME=TYPE")
+    infer_fields: bool = _opt(True, "--infer-fields/--no-infer-fields", "When no --field is declared, type the metadata fields from the first 1000 rows (the build prints them so you can pin them).")
+
+    def __post_init__(self) -> None:
+        parse_field_types(self.fields)
 
 
 @dataclass(frozen=True)
@@ -86,12 +92,13 @@ class SearchConfig:
     knn_weight: float = _opt(1.0, "--knn-weight", "Weight of k-NN in fusion.")
     knn_ef_search: int = _opt(100, "--knn-ef-search", "HNSW ef_search at query time (OpenSearch).")
     rerank: bool = _opt(True, "--rerank/--no-rerank", "Re-rank the top fused candidates with the full cross-encoder.")
-    rerank_top: int = _opt(50, "--rerank-top", "How many fused candidates the cross-encoder re-ranks.")
+    rerank_top: int = _opt(50, "--rerank-top", "How many fused candidates the cross-encoder re-ranks: the re-rank window. A page reaching past it (offset + k > rerank_top) re-ranks the next window too, each window in itself, so pages never change the order.")
     rerank_model: str | None = _opt(None, "--rerank-model", "Cross-encoder for re-ranking (default: the encoder's CE model).")
     rerank_batch_size: int = _opt(32, "--rerank-batch-size", "Pairs per cross-encoder batch.")
     rerank_max_length: int = _opt(256, "--rerank-max-length", "Max tokens of a (query, document) pair.")
     rerank_dtype: str = _opt("float32", "--rerank-dtype", "float32, bfloat16, or int8 (CPU dynamic quantisation).", DTYPES)
     max_query_chars: int = _opt(2000, "--max-query-chars", "Longer queries are refused.")
+    max_depth: int = _opt(1000, "--max-depth", "Deepest result position a page may reach (offset + k); deeper pages are refused.")
 
 
 @dataclass(frozen=True)
@@ -325,6 +332,11 @@ def opensearch_credentials() -> tuple[str, str] | None:
     return None
 
 
+def field_default(f: Field) -> Any:
+    """A settings field's default (a mapping setting has a default factory)."""
+    return f.default_factory() if f.default_factory is not MISSING else f.default  # type: ignore[misc]
+
+
 def defaults_yaml() -> str:
     """The documented default configuration as YAML with each key's flag and meaning."""
     lines = ["# ceindex configuration: every key, its default, and the CLI flag that overrides it."]
@@ -337,6 +349,6 @@ def defaults_yaml() -> str:
             lines.append(f"# read by {COMMAND_SECTIONS[name]} only")
         lines.append(f"{name}:")
         for f in fields(cls):
-            default = yaml.safe_dump(f.default).splitlines()[0]
+            default = yaml.safe_dump(field_default(f), default_flow_style=True).splitlines()[0]
             lines.append(f"  {f.name}: {default}  # {f.metadata['flag']}: {f.metadata['help']}")
     return "\n".join(lines) + "\n"

@@ -28,6 +28,7 @@ from ceindex.backends.base import FAILED, Backend, BuildState, IndexSettings
 from ceindex.backends.names import index_name, physical_name
 from ceindex.config import BuildConfig
 from ceindex.data.corpus import Document, Rejected, read_documents
+from ceindex.filters import INFER_SAMPLE, FieldType, check_metadata, field_types_dict, infer_field_types, parse_field_types
 from ceindex.models.base import Encoder, EncoderDescription
 from ceindex.errors import EncoderMismatchError
 
@@ -53,6 +54,9 @@ class BuildSummary:
     encode_s: float = 0.0
     write_s: float = 0.0
     pruned: list[str] = field(default_factory=list)
+    fields: dict[str, str] = field(default_factory=dict)  # the typed metadata fields of the index
+    fields_inferred: bool = False  # typed from the first rows (not declared): pin them with --field / build.fields
+    fields_skipped: dict[str, str] = field(default_factory=dict)  # sampled fields left untyped, and why
     # batches the encoder tokenised the slow way because its input assembler could not mirror the tokenizer
     # (None: the encoder does not count them)
     assembler_fallback_batches: int | None = None
@@ -65,11 +69,42 @@ class BuildSummary:
         return asdict(self) | {"count_ok": self.count_ok}
 
 
-def corpus_fingerprint(path: Path, build: BuildConfig) -> str:
-    """Identifies "the same corpus read the same way" for resuming, without reading the file twice."""
+def corpus_fingerprint(path: Path, build: BuildConfig, fields: dict[str, str] | None = None) -> str:
+    """Identifies "the same corpus read the same way" for resuming, without reading the file twice. The typed
+    fields are part of it: a rerun with other field types starts a new build instead of mixing two typings."""
     stat = path.stat()
     key = [str(path.resolve()), stat.st_size, stat.st_mtime_ns, build.id_field, build.text_field, build.title_field]
+    if fields:
+        key.append(fields)
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+
+
+@dataclass
+class FieldPlan:
+    """The typed metadata fields of a build: declared, or inferred from the first rows."""
+
+    types: dict[str, FieldType]
+    inferred: bool = False
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def plan_fields(corpus: Path, build: BuildConfig) -> FieldPlan:
+    """``build.fields`` when declared; else (with ``build.infer_fields``) the types seen in the first rows."""
+    declared = parse_field_types(build.fields)
+    if declared or not build.infer_fields:
+        return FieldPlan(declared)
+    records = read_documents(corpus, id_field=build.id_field, text_field=build.text_field, title_field=build.title_field)
+    sample = []
+    for record in records:
+        if isinstance(record, Document):
+            sample.append(record.metadata)
+            if len(sample) >= INFER_SAMPLE:
+                break
+    types, skipped = infer_field_types(sample)
+    if types:
+        logger.info("metadata fields inferred from the first %d rows: %s (pin them with --field NAME=TYPE)",
+                    len(sample), " ".join(f"{n}={t}" for n, t in field_types_dict(types).items()))
+    return FieldPlan(types, inferred=True, skipped=skipped)
 
 
 def _reason_kind(reason: str) -> str:
@@ -110,10 +145,13 @@ def build_index(
         description = encoder.describe()
         _check_alias_encoder(backend, alias, description)
         settings = IndexSettings(build.knn_m, build.knn_ef_construction, build.shards, build.replicas)
-        state = _open_build(backend, alias, description, corpus_fingerprint(corpus, build), settings)
-        summary = BuildSummary(index=alias, physical=state.physical, resumed_from=state.committed)
+        plan = plan_fields(corpus, build)
+        fields = field_types_dict(plan.types)
+        state = _open_build(backend, alias, description, corpus_fingerprint(corpus, build, fields), settings, fields)
+        summary = BuildSummary(index=alias, physical=state.physical, resumed_from=state.committed, fields=fields,
+                               fields_inferred=plan.inferred, fields_skipped=plan.skipped)
         fallback_before = getattr(encoder, "fallback_batches", None)
-        rejects = _load(backend, encoder, corpus, build, state, summary, progress)
+        rejects = _load(backend, encoder, corpus, build, state, summary, progress, plan.types)
         if fallback_before is not None:
             summary.assembler_fallback_batches = encoder.fallback_batches - fallback_before  # type: ignore[attr-defined]
         summary.indexed = backend.seal(state, settings)
@@ -137,11 +175,16 @@ def _check_alias_encoder(backend: Backend, alias: str, description: EncoderDescr
 
 
 def _open_build(
-    backend: Backend, alias: str, description: EncoderDescription, fingerprint: str, settings: IndexSettings
+    backend: Backend, alias: str, description: EncoderDescription, fingerprint: str, settings: IndexSettings,
+    fields: dict[str, str],
 ) -> BuildState:
     state = backend.find_resumable(alias, description, fingerprint)
+    if state is not None and state.fields != fields:  # the fingerprint covers them; a hand-edited index may not
+        logger.warning("not resuming %s: it was built with other field types (%s, now %s)", state.physical,
+                       state.fields, fields)
+        state = None
     if state is None:
-        state = BuildState(physical_name(alias), alias, description, fingerprint)
+        state = BuildState(physical_name(alias), alias, description, fingerprint, fields=fields)
         backend.create(state, settings)
         logger.info("building %s into %s", alias, state.physical)
     else:
@@ -157,6 +200,7 @@ def _load(
     state: BuildState,
     summary: BuildSummary,
     progress: bool,
+    types: dict[str, FieldType],
 ) -> list[Rejected]:
     """Read, validate, embed and write the corpus in committed batches (embedding overlaps the previous write)."""
     rejects: list[Rejected] = []
@@ -179,6 +223,8 @@ def _load(
             good: list[Document] = []
             for record in batch:
                 position += 1
+                if isinstance(record, Document) and types:
+                    record = _typed(record, types, str(corpus))
                 if isinstance(record, Document) and record.id in first_line:
                     record = Rejected(str(corpus), record.line, f"duplicate id (first seen on line {first_line[record.id]})", record.id)
                 if isinstance(record, Rejected):
@@ -204,6 +250,15 @@ def _load(
     bar.close()
     summary.read_s = read_timer[0]
     return rejects + [Rejected(**row) for row in state.refused]
+
+
+def _typed(doc: Document, types: dict[str, FieldType], source: str) -> Document | Rejected:
+    """The document with its typed fields normalised, or a reject naming the field that does not fit its type."""
+    metadata, problem = check_metadata(doc.metadata, types)
+    if problem:
+        return Rejected(source, doc.line, problem, doc.id)
+    doc.metadata = metadata
+    return doc
 
 
 def _record_rejects(rejects: list[Rejected], untold: int, rejects_path: Path, summary: BuildSummary) -> None:

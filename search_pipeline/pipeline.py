@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 from ceindex.backends import Backend, Hit, open_backend
 from ceindex.config import FUSIONS, SERVER_FUSIONS, SearchConfig, Settings, load_settings
 from ceindex.errors import ConfigError, EncoderMismatchError, InputError
+from ceindex.filters import Filter, parse_field_types, parse_filter
 from ceindex.models import Encoder, encoder_config_from_description, load_encoder
 from ceindex.models.config import default_ce_model
 from search_pipeline.fusion import fuse_recall
@@ -57,7 +58,7 @@ def validate_search_config(config: SearchConfig) -> None:
         raise ConfigError("both BM25 and k-NN recall are switched off; enable at least one (--bm25 / --knn)")
     if config.fusion not in FUSIONS:
         raise ConfigError(f"search.fusion must be one of {', '.join(FUSIONS)}; got {config.fusion!r}")
-    for name in ("recall_n", "rrf_k", "rerank_top", "rerank_batch_size", "max_query_chars"):
+    for name in ("recall_n", "rrf_k", "rerank_top", "rerank_batch_size", "max_query_chars", "max_depth"):
         if getattr(config, name) < 1:
             raise ConfigError(f"search.{name} must be >= 1, got {getattr(config, name)}")
     if config.recall_n > MAX_K:
@@ -86,6 +87,7 @@ class SearchPipeline:
         self.index = settings.index
         self.backend = backend or open_backend(settings)
         self.info = self.backend.info(self.index)
+        self.field_types = parse_field_types(self.info.fields, f"index '{self.index}' fields")
         self._encoder = query_encoder
         self._reranker = reranker
         self._server_fusion: bool | None = None
@@ -175,10 +177,17 @@ class SearchPipeline:
         return self._reranker
 
     # --- searching --------------------------------------------------------------------------
-    def validate(self, queries: Sequence[Any], k: int) -> None:
-        """Raise InputError for a bad k or query (numbered by position); search_many calls it first."""
+    def validate(self, queries: Sequence[Any], k: int, offset: int = 0) -> None:
+        """Raise InputError for a bad k, offset or query (numbered by position); search_many calls it first."""
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise InputError(f"k must be an integer between 1 and {MAX_K}, got {k!r}")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise InputError(f"offset must be an integer >= 0, got {offset!r}")
+        if offset + k > self.config.max_depth:
+            raise InputError(
+                f"offset + k = {offset + k} is past the deepest page position, {self.config.max_depth} "
+                "(search.max_depth, --max-depth); page less deep or raise it"
+            )
         for i, query in enumerate(queries):
             if not isinstance(query, str) or not query.strip():
                 raise InputError(f"query {i} is empty or not a string")
@@ -191,16 +200,33 @@ class SearchPipeline:
                     f"query {i} has {len(query)} characters; the limit is {self.config.max_query_chars} (search.max_query_chars)"
                 )
 
-    def search(self, query: str, k: int = 10) -> SearchResult:
-        return self.search_many([query], k)[0]
+    def parse_filter(self, filter: Any) -> Filter | None:
+        """A filter (dict, JSON text or parsed) checked against this index's typed fields (InputError if bad)."""
+        return parse_filter(filter, self.field_types)
 
-    def search_many(self, queries: Sequence[str], k: int = 10, *, include_text: bool = True) -> list[SearchResult]:
-        """Search several queries in one go; ``include_text=False`` skips fetching texts the re-ranker does not need."""
-        self.validate(queries, k)
+    def search(self, query: str, k: int = 10, *, filter: Any = None, offset: int = 0) -> SearchResult:
+        """The hits at positions ``offset + 1 .. offset + k`` of ``query``'s ranking among the documents
+        ``filter`` keeps (see ``ceindex.filters``), e.g. ``filter={"term": {"lang": "en"}}``."""
+        return self.search_many([query], k, filter=filter, offset=offset)[0]
+
+    def search_many(
+        self, queries: Sequence[str], k: int = 10, *, include_text: bool = True, filter: Any = None, offset: int = 0,
+    ) -> list[SearchResult]:
+        """Search several queries in one go; ``include_text=False`` skips fetching texts the re-ranker does not need.
+
+        ``filter`` restricts every recall (inside the backend's search, so fusion and re-rank see only matching
+        documents); ``offset`` pages: the result is positions ``offset + 1 .. offset + k`` of one ranking. Each
+        source recalls ``max(recall_n, offset + k)``, so pages are exact slices of one ranking while
+        ``offset + k <= recall_n`` (set ``--recall-n`` to the deepest position you page to); the re-rank
+        windows (``rerank_top`` each) are re-ranked each in itself, so a page never reorders another page.
+        """
+        self.validate(queries, k, offset)
+        parsed = self.parse_filter(filter)
         if not queries:
             return []
         cfg = self.config
-        n = max(cfg.recall_n, k)
+        n = max(cfg.recall_n, offset + k)
+        where = {} if parsed is None else {"filter": parsed}  # a backend without filters still serves unfiltered
         timings = dict.fromkeys(STAGES, 0.0)
 
         def timed(stage: str, fn: Any, *args: Any) -> Any:
@@ -214,39 +240,48 @@ class SearchPipeline:
         if self.uses_server_fusion:
             # One request per query does recall and fusion inside OpenSearch (timed as "fusion").
             vectors = timed("encode", self.query_encoder.encode, list(queries))
-            fused_runs = timed("fusion", self.backend.hybrid, self.index, list(queries), vectors, n, cfg.fusion,
-                               (cfg.bm25_weight, cfg.knn_weight), cfg.rrf_k, cfg.knn_ef_search)
+            fused_runs = timed("fusion", lambda: self.backend.hybrid(
+                self.index, list(queries), vectors, n, cfg.fusion, (cfg.bm25_weight, cfg.knn_weight), cfg.rrf_k,
+                cfg.knn_ef_search, **where))
         else:
             if cfg.bm25:
-                bm25_runs = timed("bm25", self.backend.bm25, self.index, list(queries), n)
+                bm25_runs = timed("bm25", lambda: self.backend.bm25(self.index, list(queries), n, **where))
             if cfg.knn:
                 vectors = timed("encode", self.query_encoder.encode, list(queries))
-                knn_runs = timed("knn", self.backend.knn, self.index, vectors, n, cfg.knn_ef_search)
+                knn_runs = timed("knn", lambda: self.backend.knn(self.index, vectors, n, cfg.knn_ef_search, **where))
             fused_runs = timed("fusion", self._fuse_all, bm25_runs, knn_runs)
-        depth = (max(k, cfg.rerank_top) if include_text else cfg.rerank_top) if cfg.rerank else (k if include_text else 0)
-        wanted = sorted({h.id for run in fused_runs for h in run[:depth]})
+        window = self._rerank_window(offset, k) if cfg.rerank else (0, 0)
+        page = (offset, offset + k) if include_text else (0, 0)
+        wanted = sorted({h.id for run in fused_runs for h in run[window[0]:window[1]] + run[page[0]:page[1]]})
         docs = timed("fetch", self.backend.fetch, self.index, wanted)
         rerank_scores: list[dict[str, float]] = [{} for _ in queries]
         if cfg.rerank:
-            rerank_scores = timed("rerank", self._rerank_all, queries, fused_runs, docs)
+            rerank_scores = timed("rerank", self._rerank_all, queries, fused_runs, docs, window)
         per_query = {stage: ms / len(queries) for stage, ms in timings.items()}
         results = []
         for query, bm25, knn, fused, reranked in zip(queries, bm25_runs, knn_runs, fused_runs, rerank_scores):
-            hits = self._assemble(fused, bm25, knn, reranked, docs, k)
+            hits = self._assemble(fused, bm25, knn, reranked, docs, k, offset)
             results.append(SearchResult(query=query, hits=hits, timings_ms=dict(per_query)))
         return results
+
+    def _rerank_window(self, offset: int, k: int) -> tuple[int, int]:
+        """The fused positions ``[start, end)`` to re-rank: every whole window of ``rerank_top`` that the page
+        ``[offset, offset + k)`` reaches (a page within the first window: the top ``rerank_top``, as always)."""
+        size = self.config.rerank_top
+        return (offset // size) * size, ((offset + k - 1) // size + 1) * size
 
     def _fuse_all(self, bm25_runs: list[list[Hit]], knn_runs: list[list[Hit]]) -> list[list[Hit]]:
         return [fuse_recall(b, v, self.config) for b, v in zip(bm25_runs, knn_runs)]
 
     def _rerank_all(
-        self, queries: Sequence[str], fused_runs: list[list[Hit]], docs: Mapping[str, Any]
+        self, queries: Sequence[str], fused_runs: list[list[Hit]], docs: Mapping[str, Any], window: tuple[int, int],
     ) -> list[dict[str, float]]:
         from search_pipeline.rerank import rerank_candidates
 
         texts = {doc_id: doc.body for doc_id, doc in docs.items()}
-        candidates = [[h.id for h in run] for run in fused_runs]
-        return rerank_candidates(self.reranker, queries, candidates, texts, self.config.rerank_top)
+        start, end = window
+        candidates = [[h.id for h in run[start:end]] for run in fused_runs]
+        return rerank_candidates(self.reranker, queries, candidates, texts, end - start)
 
     def _assemble(
         self,
@@ -256,14 +291,16 @@ class SearchPipeline:
         reranked: dict[str, float],
         docs: Mapping[str, Any],
         k: int,
+        offset: int = 0,
     ) -> list[SearchHit]:
         bm25_by_id = {h.id: h for h in bm25}
         knn_by_id = {h.id: h for h in knn}
         fused_by_id = {h.id: h for h in fused}
-        from search_pipeline.rerank import reranked_order
+        from search_pipeline.rerank import windowed_order
 
+        order = windowed_order([h.id for h in fused], reranked, self.config.rerank_top)
         hits = []
-        for rank, doc_id in enumerate(reranked_order([h.id for h in fused], reranked)[:k], start=1):
+        for rank, doc_id in enumerate(order[offset:offset + k], start=offset + 1):
             doc = docs.get(doc_id)
             b, v, f = bm25_by_id.get(doc_id), knn_by_id.get(doc_id), fused_by_id[doc_id]
             hits.append(

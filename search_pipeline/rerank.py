@@ -40,3 +40,18 @@ def reranked_order(candidate_ids: Sequence[str], scores: Mapping[str, float]) ->
     position = {doc_id: i for i, doc_id in enumerate(candidate_ids)}
     head = sorted(scores, key=lambda d: (-scores[d], position.get(d, len(position))))
     return head + [d for d in candidate_ids if d not in scores]
+
+
+def windowed_order(candidate_ids: Sequence[str], scores: Mapping[str, float], window: int) -> list[str]:
+    """The candidates cut into windows of ``window`` (fused order), each window ``reranked_order``-ed in itself.
+
+    A page only re-ranks the windows it reaches, and a window's order never depends on another window, so the
+    pages of one query are exact slices of one ranking (the first window alone is what re-ranking the top
+    ``window`` candidates always gave).
+    """
+    ids = list(candidate_ids)
+    out: list[str] = []
+    for start in range(0, len(ids), window):
+        block = ids[start:start + window]
+        out += reranked_order(block, {d: scores[d] for d in block if d in scores})
+    return out

@@ -58,6 +58,8 @@ class SearchRequest(BaseModel):
     query: str | None = Field(None, description="One query.", examples=["do statins lower cholesterol"])
     queries: list[str] | None = Field(None, description="Several queries (batched: one encode, one msearch).")
     k: int = Field(10, ge=1, le=MAX_K, strict=True, description="Results per query.")
+    offset: int = Field(0, ge=0, strict=True, description="Skip this many results (pages: offset + k <= search.max_depth).")
+    filter: dict[str, Any] | None = Field(None, description='Only documents passing this filter, e.g. {"term": {"lang": "en"}} (term, terms, range, exists, all, any, not).')
     model_config = {"extra": "forbid"}
 
 
@@ -256,6 +258,7 @@ class _Job:
     queries: list[str]
     k: int
     deadline: float
+    options: dict[str, Any] = field(default_factory=dict)  # search_many's filter / offset, only when given
     cancelled: threading.Event = field(default_factory=threading.Event)
     future: Future = field(default_factory=Future)
 
@@ -307,11 +310,12 @@ class SearchGate:
             thread.join(max(0.0, end - time.monotonic()))
         return not any(thread.is_alive() for thread in self._threads)
 
-    async def search(self, queries: list[str], k: int, is_disconnected: Callable[[], Awaitable[bool]]) -> list[Any]:
+    async def search(self, queries: list[str], k: int, is_disconnected: Callable[[], Awaitable[bool]],
+                     **options: Any) -> list[Any]:
         if self.stopping:
             raise Refusal(503, "the server is shutting down", retry_after=RETRY_AFTER_S)
         self._admit()
-        job = _Job(queries, k, deadline=time.monotonic() + self._config.request_timeout)
+        job = _Job(queries, k, deadline=time.monotonic() + self._config.request_timeout, options=options)
         job.future.add_done_callback(self._release)
         self._jobs.put(job)
         waiting = asyncio.wrap_future(job.future)
@@ -385,7 +389,7 @@ class SearchGate:
             if job.cancelled.is_set() or time.monotonic() >= self._deadline(job):
                 logger.info("stopped a request after %d of %d queries", start, len(job.queries))
                 raise _Cut()  # an incomplete answer is never a success
-            results.extend(self._pipeline.search_many(job.queries[start:start + QUERIES_PER_CHUNK], job.k))
+            results.extend(self._pipeline.search_many(job.queries[start:start + QUERIES_PER_CHUNK], job.k, **job.options))
         return results
 
 
@@ -465,8 +469,13 @@ def create_app(pipeline: SearchPipeline, config: ServeConfig | None = None, *, a
         queries = _queries_of(body, config.max_queries)
         # The pipeline's own checks, once for the whole request: a bad query is refused before any chunk runs,
         # and the message numbers it by its position in the request, not in its chunk.
-        pipeline.validate(queries, body.k)
-        results = await gate.search(queries, body.k, request.is_disconnected)
+        pipeline.validate(queries, body.k, body.offset)
+        options: dict[str, Any] = {}
+        if body.filter is not None:  # parsed and checked once, before any chunk runs (a bad one is a 400)
+            options["filter"] = pipeline.parse_filter(body.filter)
+        if body.offset:
+            options["offset"] = body.offset
+        results = await gate.search(queries, body.k, request.is_disconnected, **options)
         if len(results) != len(queries):  # never answer 200 with some queries missing
             raise Refusal(503, f"the search answered {len(results)} of {len(queries)} queries", retry_after=RETRY_AFTER_S)
         return {"index": pipeline.index, "results": results}

@@ -19,6 +19,7 @@ import numpy as np
 
 from ceindex.data.corpus import Document, Rejected
 from ceindex.errors import BackendError
+from ceindex.filters import Filter
 from ceindex.models.base import EncoderDescription
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class BuildState:
     # rows the store itself refused in committed batches (a resume skips those batches, so they are kept here)
     refused: list[dict[str, Any]] = field(default_factory=list)  # the first MAX_REFUSED_KEPT, as Rejected.to_dict()
     refused_total: int = 0
+    fields: dict[str, str] = field(default_factory=dict)  # typed metadata fields, {"lang": "keyword", ...}
 
     def record_refused(self, rows: Sequence[Rejected]) -> None:
         self.refused_total += len(rows)
@@ -57,6 +59,7 @@ class BuildState:
             "ceindex_mapping_version": MAPPING_VERSION,
             "alias": self.alias,
             "encoder": self.encoder.to_dict(),
+            "fields": dict(self.fields),
             "build": build,
         }
 
@@ -72,6 +75,7 @@ class BuildState:
             status=build.get("status", COMPLETE),
             refused=list(build.get("refused", [])),
             refused_total=int(build.get("refused_total", 0)),
+            fields=dict(meta.get("fields") or {}),
         )
 
 
@@ -99,6 +103,7 @@ class IndexInfo:
     encoder: EncoderDescription
     count: int
     extra: dict[str, Any] = field(default_factory=dict)
+    fields: dict[str, str] = field(default_factory=dict)  # the typed metadata fields filters may use
 
 
 def lock_holder() -> str:
@@ -185,13 +190,17 @@ class Backend(ABC):
     def info(self, name: str) -> IndexInfo:
         """Describe the index ``name`` (alias or physical); raise BackendError when missing."""
 
+    # ``filter`` (a parsed ceindex.filters.Filter, checked against ``info().fields``) restricts every recall to
+    # the matching documents INSIDE the search (never after it), so a selective filter still returns ``n`` hits.
     @abstractmethod
-    def bm25(self, name: str, queries: Sequence[str], n: int) -> list[list[Hit]]:
-        """BM25 top-``n`` per query."""
+    def bm25(self, name: str, queries: Sequence[str], n: int, filter: Filter | None = None) -> list[list[Hit]]:
+        """BM25 top-``n`` per query among the documents ``filter`` keeps."""
 
     @abstractmethod
-    def knn(self, name: str, vectors: np.ndarray, n: int, ef_search: int = 100) -> list[list[Hit]]:
-        """Nearest ``n`` documents per query vector (cosine on unit vectors)."""
+    def knn(
+        self, name: str, vectors: np.ndarray, n: int, ef_search: int = 100, filter: Filter | None = None
+    ) -> list[list[Hit]]:
+        """Nearest ``n`` documents per query vector (cosine on unit vectors) among those ``filter`` keeps."""
 
     @abstractmethod
     def fetch(self, name: str, ids: Sequence[str]) -> dict[str, Document]:
@@ -203,9 +212,10 @@ class Backend(ABC):
 
     def hybrid(
         self, name: str, queries: Sequence[str], vectors: np.ndarray, n: int, method: str,
-        weights: Sequence[float], rrf_k: int, ef_search: int = 100,
+        weights: Sequence[float], rrf_k: int, ef_search: int = 100, filter: Filter | None = None,
     ) -> list[list[Hit]]:
-        """BM25 + k-NN recall fused on the server; only where ``server_fusion`` says so."""
+        """BM25 + k-NN recall fused on the server (``filter`` applied inside both); only where ``server_fusion``
+        says so."""
         raise NotImplementedError(f"{type(self).__name__} has no server-side fusion")
 
     def close(self) -> None:  # noqa: B027 - optional hook

@@ -33,11 +33,13 @@ from ceindex.backends.base import (
     IndexSettings,
     lock_holder,
 )
+from ceindex.backends.columns import FieldColumns
 from ceindex.backends.names import index_name, is_physical_of, looks_physical, searchable_name
 from ceindex.data.corpus import Document, Rejected, body_text
 from ceindex.data.files import atomic_write_text
 from ceindex.models.base import EncoderDescription
 from ceindex.errors import BackendError
+from ceindex.filters import Filter, parse_field_types
 from ceindex.text import BM25_B, BM25_K1, bm25_tokenize, import_bm25s
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,8 @@ class _LoadedIndex:
         self.vectors = np.load(folder / "vectors.npy", mmap_mode="r")
         self.bm25 = bm25s.BM25.load(str(folder / "bm25")) if self.ids else None
         self.meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        self.fields: dict[str, str] = dict(self.meta.get("fields") or {})
+        self.columns = FieldColumns.load(folder, parse_field_types(self.fields))
         self._db = sqlite3.connect(folder / "docs.sqlite", check_same_thread=False)
         self._lock = threading.Lock()
 
@@ -211,12 +215,20 @@ class EmbeddedBackend(Backend):
         dims = state.encoder.dims
         count = db.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
         matrix = np.lib.format.open_memmap(folder / "vectors.npy", mode="w+", dtype=np.float32, shape=(count, dims))
-        for row, (doc_id, title, text, blob) in enumerate(db.execute("SELECT id, title, text, vector FROM docs ORDER BY rowid")):
+        types = parse_field_types(state.fields)
+        metadatas: list[tuple[int, dict[str, Any]]] = []
+        rows = db.execute("SELECT id, title, text, metadata, vector FROM docs ORDER BY rowid")
+        for row, (doc_id, title, text, metadata, blob) in enumerate(rows):
             ids.append(doc_id)
             texts.append(body_text(title, text))
             matrix[row] = np.frombuffer(blob, dtype="<f4")
+            if types:
+                metadatas.append((row, {k: v for k, v in json.loads(metadata).items() if k in types}))
         matrix.flush()
         del matrix
+        if types:
+            FieldColumns.build(len(ids), types, metadatas).save(folder)
+        del metadatas
         if ids:
             retriever = bm25s.BM25(k1=BM25_K1, b=BM25_B, method="lucene")
             retriever.index(bm25_tokenize(texts), show_progress=False)
@@ -262,35 +274,54 @@ class EmbeddedBackend(Backend):
             physical=loaded.folder.name,
             encoder=EncoderDescription.from_dict(loaded.meta["encoder"]),
             count=len(loaded.ids),
+            fields=dict(loaded.fields),
         )
 
-    def bm25(self, name: str, queries: Sequence[str], n: int) -> list[list[Hit]]:
+    def _mask(self, loaded: _LoadedIndex, filter: Filter | None) -> np.ndarray | None:
+        """The rows ``filter`` keeps (None: all), computed exactly from the field columns."""
+        return None if filter is None else loaded.columns.mask(filter)
+
+    def bm25(self, name: str, queries: Sequence[str], n: int, filter: Filter | None = None) -> list[list[Hit]]:
         loaded = self._open(name)
         if loaded.bm25 is None or not queries:
             return [[] for _ in queries]
+        mask = self._mask(loaded, filter)
+        if mask is not None and not mask.any():
+            return [[] for _ in queries]
         k = min(n, len(loaded.ids))
-        indices, scores = loaded.bm25.retrieve(bm25_tokenize(queries), k=k, show_progress=False, n_threads=0)
+        # A filter is a weight mask inside the scoring: non-matching documents score 0 and are dropped below, so
+        # the top-k is the exact top-k of the matching documents.
+        weights = None if mask is None else mask.astype(np.float32)
+        indices, scores = loaded.bm25.retrieve(bm25_tokenize(queries), k=k, show_progress=False, n_threads=0,
+                                               weight_mask=weights)
         return [
             [Hit(loaded.ids[int(i)], float(s), rank) for rank, (i, s) in enumerate(zip(row_i, row_s), start=1) if s > 0]
             for row_i, row_s in zip(indices, scores)
         ]
 
-    def knn(self, name: str, vectors: np.ndarray, n: int, ef_search: int = 100) -> list[list[Hit]]:
+    def knn(
+        self, name: str, vectors: np.ndarray, n: int, ef_search: int = 100, filter: Filter | None = None
+    ) -> list[list[Hit]]:
         loaded = self._open(name)
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if vectors.shape[1] != loaded.vectors.shape[1]:
             raise BackendError(
                 f"query vectors have {vectors.shape[1]} dimensions, index '{name}' has {loaded.vectors.shape[1]}"
             )
-        if not loaded.ids:
+        mask = self._mask(loaded, filter)
+        rows = None if mask is None else np.flatnonzero(mask)  # exact search over the matching rows only
+        if not loaded.ids or (rows is not None and not len(rows)):
             return [[] for _ in range(len(vectors))]
-        scores = vectors @ np.asarray(loaded.vectors).T
+        matrix = np.asarray(loaded.vectors) if rows is None else np.asarray(loaded.vectors[rows])
+        scores = vectors @ matrix.T
         k = min(n, scores.shape[1])
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         results = []
         for row, candidates in enumerate(top):
-            order = candidates[np.argsort(-scores[row, candidates], kind="stable")]
-            results.append([Hit(loaded.ids[int(i)], float(scores[row, i]), rank) for rank, i in enumerate(order, start=1)])
+            order = candidates[np.lexsort((candidates, -scores[row, candidates]))]  # ties: corpus order
+            doc_rows = order if rows is None else rows[order]
+            results.append([Hit(loaded.ids[int(d)], float(scores[row, i]), rank)
+                            for rank, (i, d) in enumerate(zip(order, doc_rows), start=1)])
         return results
 
     def fetch(self, name: str, ids: Sequence[str]) -> dict[str, Document]:

@@ -10,11 +10,13 @@ import numpy as np
 
 from ceindex.backends.base import COMPLETE, Backend, BuildState, Hit, IndexInfo, IndexSettings
 from ceindex.backends.cluster_lock import ClusterBuildLock
+from ceindex.backends.query_dsl import knn_query, match_query
 from ceindex.backends.names import index_name, is_physical_of, searchable_name
 from ceindex.config import FUSIONS, OpenSearchConfig, opensearch_credentials
 from ceindex.data.corpus import Document, Rejected
 from ceindex.models.base import EncoderDescription
 from ceindex.errors import BackendError
+from ceindex.filters import Filter
 from ceindex.redact import redact
 from mappings import index_body
 
@@ -198,6 +200,7 @@ class OpenSearchBackend(Backend):
             m=settings.knn_m,
             ef_construction=settings.knn_ef_construction,
             shards=settings.shards,
+            fields=state.fields,
         )
         self._call(f"creating index {state.physical}", self.client.indices.create, index=state.physical, body=body)
 
@@ -310,7 +313,8 @@ class OpenSearchBackend(Backend):
         if "encoder" not in meta:
             raise BackendError(f"index '{name}' on {self.url} was not built by ceindex (no _meta.encoder)")
         count = int(self._call("counting", self.client.count, index=name)["count"])
-        return IndexInfo(name=name, physical=physical, encoder=EncoderDescription.from_dict(meta["encoder"]), count=count)
+        return IndexInfo(name=name, physical=physical, encoder=EncoderDescription.from_dict(meta["encoder"]), count=count,
+                         fields=dict(meta.get("fields") or {}))
 
     def _msearch(self, name: str, bodies: list[dict[str, Any]], action: str) -> list[list[Hit]]:
         searchable_name(name)
@@ -329,17 +333,17 @@ class OpenSearchBackend(Backend):
             results.append([Hit(h["_id"], float(h["_score"]), rank) for rank, h in enumerate(hits, start=1)])
         return results
 
-    def bm25(self, name: str, queries: Sequence[str], n: int) -> list[list[Hit]]:
-        bodies = [{"size": n, "_source": False, "query": {"match": {"body": q}}} for q in queries]
+    def bm25(self, name: str, queries: Sequence[str], n: int, filter: Filter | None = None) -> list[list[Hit]]:
+        bodies = [{"size": n, "_source": False, "query": match_query(q, filter)} for q in queries]
         return self._msearch(name, bodies, "BM25 search")
 
-    def knn(self, name: str, vectors: np.ndarray, n: int, ef_search: int = 100) -> list[list[Hit]]:
+    def knn(
+        self, name: str, vectors: np.ndarray, n: int, ef_search: int = 100, filter: Filter | None = None
+    ) -> list[list[Hit]]:
         # The Lucene engine's candidate queue is k; asking for k = max(n, ef_search) and keeping n is ef_search.
+        # A filter goes inside the knn query (Lucene's efficient filtering), so n matching documents come back.
         k = max(n, ef_search)
-        bodies = [
-            {"size": n, "_source": False, "query": {"knn": {"vector": {"vector": [float(x) for x in v], "k": k}}}}
-            for v in np.atleast_2d(vectors)
-        ]
+        bodies = [{"size": n, "_source": False, "query": knn_query(v, k, filter)} for v in np.atleast_2d(vectors)]
         results = self._msearch(name, bodies, "k-NN search")
         # Lucene cosinesimil scores are (1 + cos) / 2; report cosine like the embedded backend.
         return [[Hit(h.id, 2.0 * h.score - 1.0, h.rank) for h in hits] for hits in results]
@@ -388,7 +392,7 @@ class OpenSearchBackend(Backend):
 
     def hybrid(
         self, name: str, queries: Sequence[str], vectors: np.ndarray, n: int, method: str,
-        weights: Sequence[float], rrf_k: int, ef_search: int = 100,
+        weights: Sequence[float], rrf_k: int, ef_search: int = 100, filter: Filter | None = None,
     ) -> list[list[Hit]]:
         if not self.server_fusion(method, weights, rrf_k):
             raise BackendError(f"OpenSearch at {self.url} cannot fuse '{method}' server-side (neural-search plugin missing)")
@@ -399,14 +403,15 @@ class OpenSearchBackend(Backend):
             body = {
                 "size": n,
                 "_source": False,
-                "query": {"hybrid": {"queries": [
-                    {"match": {"body": query}},
-                    {"knn": {"vector": {"vector": [float(x) for x in vector], "k": max(n, ef_search)}}},
+                "query": {"hybrid": {"queries": [  # the filter restricts both sub-queries
+                    match_query(query, filter),
+                    knn_query(vector, max(n, ef_search), filter),
                 ]}},
             }
             response = self._call("hybrid search", self.client.search, index=name, body=body,
                                   params={"search_pipeline": pipeline_id})
-            hits = response["hits"]["hits"]
+            # ties broken by document id, as the client-side fusion does, so pages and both fusion paths agree
+            hits = sorted(response["hits"]["hits"], key=lambda h: (-float(h["_score"]), h["_id"]))
             results.append([Hit(h["_id"], float(h["_score"]), rank) for rank, h in enumerate(hits, start=1)])
         return results
 

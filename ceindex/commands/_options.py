@@ -11,7 +11,8 @@ from typing import Any, Callable
 
 import click
 
-from ceindex.config import SECTIONS, Settings, apply_overrides, load_settings, value_type
+from ceindex.config import SECTIONS, Settings, apply_overrides, field_default, load_settings, value_type
+from ceindex.filters import parse_field_flags
 from ceindex.models.config import EncoderConfig, parse_encoder_spec
 
 TOP_LEVEL = ("index", "home")
@@ -27,7 +28,7 @@ class SettingOption(click.Option):
 
 def option_help(dotted: str, f: Field) -> str:
     """The help text of the option generated for field ``f`` at key ``dotted``."""
-    return f"{f.metadata['help']} [config {dotted}; default {f.default}]"
+    return f"{f.metadata['help']} [config {dotted}; default {field_default(f)}]"
 
 
 def _option_for(cls: type, dotted: str, f: Field) -> Callable:
@@ -35,6 +36,8 @@ def _option_for(cls: type, dotted: str, f: Field) -> Callable:
     common: dict[str, Any] = {"cls": SettingOption, "setting": dotted, "default": None, "help": option_help(dotted, f)}
     if "/" in flag:
         return click.option(flag, param, **common)
+    if value_type(cls, f) is dict:  # a mapping setting (build.fields): a repeatable NAME=VALUE flag
+        return click.option(flag, param, multiple=True, type=str, metavar=f.metadata.get("metavar"), **common)
     kind: Any = click.Choice(f.metadata["choices"]) if "choices" in f.metadata else value_type(cls, f)
     return click.option(flag, param, type=kind, metavar=f.metadata.get("metavar"), **common)
 
@@ -77,6 +80,8 @@ def settings_from_params(params: dict[str, Any]) -> Settings:
     for key in list(params):
         if key in TOP_LEVEL or "__" in key:
             overrides[key.replace("__", ".")] = params.pop(key)
+    if overrides.get("build.fields") is not None:  # repeated --field NAME=TYPE; none given = the file's value
+        overrides["build.fields"] = parse_field_flags(overrides["build.fields"]) or None
     return apply_overrides(settings, overrides)
 
 

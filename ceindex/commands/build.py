@@ -69,6 +69,12 @@ def build_command(data_dir: str | None, corpus_file: str | None, rejects_file: s
         click.echo(f"index {summary.index} -> {summary.physical} on {target}")
         if summary.resumed_from:
             click.echo(f"resumed after {summary.resumed_from} committed records")
+        if summary.fields:
+            how = ("inferred from the first rows; pin them with these flags or build.fields"
+                   if summary.fields_inferred else "declared")
+            click.echo(f"filterable fields ({how}): " + " ".join(f"--field {n}={t}" for n, t in summary.fields.items()))
+        for name, why in summary.fields_skipped.items():
+            click.echo(f"  field {name} left untyped (not filterable): {why}")
         click.echo(f"read {summary.read}  indexed {summary.indexed}  rejected {summary.rejected}  "
                    f"in {summary.seconds:.1f}s ({summary.docs_per_s:.1f} docs/s; read {summary.read_s:.1f}s, "
                    f"encode {summary.encode_s:.1f}s, write {summary.write_s:.1f}s)")

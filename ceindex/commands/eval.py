@@ -32,7 +32,12 @@ logger = logging.getLogger(__name__)
 @click.option("--candidates", "candidates_file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Re-rank-only mode: a TREC run whose top --rerank-top documents the cross-encoder re-ranks.")
 @click.option("--tune-fusion-on", "tune_split", default=None,
-              help="Tune min-max fusion weights on this split (ranx optimize_fusion) and add 'hybrid-minmax-tuned'.")
+              help="Tune the fusion on this split (min-max weights and RRF k, ranked by the very fusion code search "
+                   "and serve run, on the raw BM25 / k-NN scores), add the system 'tuned', and report whether k-NN "
+                   "helps at all (if not, 'tuned' is BM25 alone).")
+@click.option("--write-config", "write_config", type=click.Path(dir_okay=False), default=None,
+              help="With --tune-fusion-on: write the tuned settings as a YAML config file to pass as --config to "
+                   "build, search and serve.")
 @click.option("--depth", default=100, show_default=True, help="Results kept per query (Recall@100 needs 100).")
 @click.option("--query-batch", default=1, show_default=True,
               help="Queries per pipeline call; 1 gives true per-query latencies, more is faster.")
@@ -43,14 +48,15 @@ logger = logging.getLogger(__name__)
 @settings_options("opensearch", "search")
 def eval_command(data_dir: str | None, split: str, queries_file: str | None, qrels_file: str | None,
                  systems: str | None, baseline: str | None, extra_runs: tuple[str, ...], candidates_file: str | None,
-                 tune_split: str | None, depth: int, query_batch: int, out_dir: str | None, as_json: bool,
-                 progress: bool, **params: Any) -> None:
+                 tune_split: str | None, write_config: str | None, depth: int, query_batch: int,
+                 out_dir: str | None, as_json: bool, progress: bool, **params: Any) -> None:
     """Score retrieval systems against relevance judgements with ranx.
 
     \b
     Examples:
       ceindex eval --data ./scifact --index scifact --out reports/scifact
       ceindex eval --data ./dl19 --candidates ./dl19/bm25-top100.trec --out reports/dl19-rerank
+      ceindex eval --data ./scifact --index scifact --systems bm25 --tune-fusion-on train --write-config tuned.yaml
 
     Each system runs every judged query through the same search pipeline apps use.
     Reports nDCG@10, MRR@10, Hits@10 (share of queries with a relevant hit in the top 10),
@@ -66,6 +72,7 @@ def eval_command(data_dir: str | None, split: str, queries_file: str | None, qre
         systems=systems if systems is not None else ("" if candidates_file else DEFAULT_SYSTEMS),
         baseline=baseline, extra_runs=[Path(p) for p in extra_runs],
         candidates=Path(candidates_file) if candidates_file else None, tune_split=tune_split,
+        write_config=Path(write_config) if write_config else None,
         depth=depth, query_batch=query_batch, progress=progress, command=" ".join(sys.argv),
     )
     report, paths = evaluate(settings, request, Path(out_dir) if out_dir else None)

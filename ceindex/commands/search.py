@@ -13,15 +13,22 @@ from ceindex.commands._options import settings_from_params, settings_options
 @click.command()
 @click.argument("queries", nargs=-1, required=True)
 @click.option("--k", "k", type=int, default=10, show_default=True, help="Number of results per query.")
+@click.option("--offset", type=int, default=0, show_default=True,
+              help="Skip this many results: --offset 10 --k 10 is the second page (offset + k <= --max-depth).")
+@click.option("--filter", "filter_json", default=None, metavar="JSON",
+              help='Only documents that pass this filter, e.g. \'{"term": {"lang": "en"}}\'; term, terms, range, '
+                   "exists, all, any, not over the index's typed fields (see README, Filters and pages).")
 @click.option("--json", "as_json", is_flag=True, help="Print results (all scores and stage timings) as JSON.")
 @settings_options("opensearch", "search")
-def search_command(queries: tuple[str, ...], k: int, as_json: bool, **params: Any) -> None:
+def search_command(queries: tuple[str, ...], k: int, offset: int, filter_json: str | None, as_json: bool,
+                   **params: Any) -> None:
     """Search an index: BM25 + k-NN recall, fusion, then cross-encoder re-ranking.
 
     \b
     Examples:
       ceindex search --index scifact "do statins lower LDL cholesterol"
       ceindex search --index docs --fusion minmax --no-rerank --k 20 "query one" "query two"
+      ceindex search --index docs --filter '{"range": {"year": {"gte": 2000}}}' --offset 10 "query"
 
     Queries are embedded with the encoder the index was built with (recorded in the index),
     so they always match the documents' vectors.
@@ -31,7 +38,7 @@ def search_command(queries: tuple[str, ...], k: int, as_json: bool, **params: An
     settings = settings_from_params(params)
     pipeline = SearchPipeline(settings)
     try:
-        results = pipeline.search_many(list(queries), k)
+        results = pipeline.search_many(list(queries), k, filter=filter_json, offset=offset)
     finally:
         pipeline.close()
     if as_json:

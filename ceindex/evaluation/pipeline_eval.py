@@ -12,8 +12,11 @@ from ceindex.evaluation.report import EvalReport, package_versions, score_runs, 
 from ceindex.evaluation.runner import SystemRun, ranked_scores, rerank_only, run_system
 from ceindex.evaluation.systems import System, parse_systems
 from ceindex.evaluation.topics import Topics, load_topics
+from ceindex.evaluation.tuning import FusionTuning, collect_stage_lists, tune_fusion, write_tuned_config
 
 logger = logging.getLogger(__name__)
+
+TUNED_SYSTEM = "tuned"  # the eval system that runs the tuned fusion setting
 
 
 @dataclass
@@ -27,6 +30,7 @@ class EvalRequest:
     extra_runs: list[Path] = field(default_factory=list)
     candidates: Path | None = None
     tune_split: str | None = None
+    write_config: Path | None = None  # with tune_split: the tuned settings as a YAML config file
     depth: int = 100
     query_batch: int = 1
     progress: bool = True
@@ -56,50 +60,26 @@ def _candidate_texts(pipeline: Any, data_dir: Path | None, wanted: set[str]) -> 
     }
 
 
-def _tuned_weights(pipeline: Any, request: EvalRequest) -> tuple[float, float]:
-    from ranx import Qrels, Run, optimize_fusion
-
-    if request.data_dir is None:
-        raise ConfigError("--tune-fusion-on needs --data (a BEIR folder with that split)")
-    train = load_topics(request.data_dir, request.tune_split or "train")
-    runs = [
-        run_system(pipeline, system, train.queries, depth=request.depth, batch_size=max(8, request.query_batch),
-                   progress=request.progress, raw_scores=True)
-        for system in parse_systems("bm25,knn")
-    ]
-    # tuned on the raw BM25 / cosine scores, which the pipeline's min-max fusion normalises and weighs (tuning on
-    # rank-derived scores found weights for a different fusion)
-    best = optimize_fusion(
-        Qrels(train.qrels),
-        [Run(_fill(r.run, train.qrels), name=r.name) for r in runs],
-        norm="min-max",
-        method="wsum",
-        metric="ndcg@10",
-        show_progress=False,
-    )
-    weights = tuple(float(w) for w in best["weights"])
-    logger.info("fusion weights tuned on %s: bm25 %.2f, knn %.2f", request.tune_split, *weights)
-    return weights  # type: ignore[return-value]
-
-
-def _fill(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -> dict[str, dict[str, float]]:
-    """Every judged query, a query without results holding one placeholder document.
-
-    Not ranx's ``make_comparable`` (which ``score_runs`` uses, where it scores the same): inside a fusion the
-    placeholder is a candidate of its own that ties with the real documents whose fused score is 0 (all of them
-    at a weight of 0), so an empty result instead moves the grid's scores there and could move the tuned weights.
-    """
-    return {qid: run.get(qid) or {"__no_result__": 0.0} for qid in qrels}
-
-
 def evaluate(settings: Settings, request: EvalRequest, out_dir: Path | None) -> tuple[EvalReport, dict[str, str]]:
     """Run the requested systems (and candidate / external runs) over the judged queries, score them with ranx,
-    and write the report to ``out_dir`` when given; return the report and the paths written."""
+    and write the report to ``out_dir`` when given; return the report and the paths written.
+
+    With ``tune_split`` the fusion is tuned there first and run as the system 'tuned' (and written as a config
+    file to ``write_config`` when given)."""
+    _check_request(request)
     topics = load_topics(request.data_dir, request.split, queries_file=request.queries_file,
                          qrels_file=request.qrels_file)
     systems = _requested_systems(request)
     pipeline = _open_pipeline(settings, request, systems)
+    tuning: FusionTuning | None = None
+    paths: dict[str, str] = {}
     try:
+        if request.tune_split:
+            tuning = _tune_fusion(settings, pipeline, request)
+            systems = [*systems, _tuned_system(tuning)]
+            if request.write_config is not None:
+                paths["config"] = str(write_tuned_config(request.write_config, settings, tuning,
+                                                         pipeline.info.encoder, request.command))
         runs = _collect_runs(settings, request, pipeline, systems, topics)
     finally:
         if pipeline is not None:
@@ -107,14 +87,26 @@ def evaluate(settings: Settings, request: EvalRequest, out_dir: Path | None) -> 
     baseline = _baseline(request, runs)
     provenance = _provenance(settings, request, topics, pipeline)
     report = score_runs(topics.qrels, runs, baseline=baseline, unjudged=len(topics.unjudged), provenance=provenance)
-    paths = write_report(report, runs, out_dir) if out_dir is not None else {}
+    report.fusion_tuning = tuning.to_dict() if tuning is not None else None
+    if out_dir is not None:
+        paths = write_report(report, runs, out_dir) | paths
     return report, paths
+
+
+def _check_request(request: EvalRequest) -> None:
+    """Refuse flag combinations that cannot work before any query runs."""
+    if request.write_config is not None and not request.tune_split:
+        raise ConfigError("--write-config writes the tuned fusion settings: give --tune-fusion-on SPLIT too")
+    if request.tune_split and request.data_dir is None:
+        raise ConfigError("--tune-fusion-on needs --data (a BEIR folder with that split)")
+    if request.write_config is not None and request.write_config.is_dir():
+        raise ConfigError(f"--write-config {request.write_config} is a folder; give a file path, e.g. tuned.yaml")
 
 
 def _requested_systems(request: EvalRequest) -> list[System]:
     systems = parse_systems(request.systems) if request.systems.strip() else []
-    if not systems and request.candidates is None and not request.extra_runs:
-        raise ConfigError("nothing to evaluate: give --systems, --candidates or --runs")
+    if not systems and request.candidates is None and not request.extra_runs and not request.tune_split:
+        raise ConfigError("nothing to evaluate: give --systems, --candidates, --runs or --tune-fusion-on")
     return systems
 
 
@@ -123,12 +115,12 @@ def _open_pipeline(settings: Settings, request: EvalRequest, systems: list[Syste
     index (the texts then come from the corpus file)."""
     from search_pipeline import SearchPipeline
 
-    if not systems and request.candidates is None:
+    if not systems and request.candidates is None and not request.tune_split:
         return None
     try:
         return SearchPipeline(settings)
     except BackendError:
-        if systems:
+        if systems or request.tune_split:
             raise
         logger.info("no index '%s': re-ranking with texts from the corpus file", settings.index)
         return None
@@ -137,9 +129,7 @@ def _open_pipeline(settings: Settings, request: EvalRequest, systems: list[Syste
 def _collect_runs(
     settings: Settings, request: EvalRequest, pipeline: Any, systems: list[System], topics: Topics
 ) -> list[SystemRun]:
-    """In report order: the systems (plus the tuned hybrid), the candidates and their re-ranking, external runs."""
-    if request.tune_split:
-        systems = [*systems, _tuned_system(pipeline, request)]
+    """In report order: the systems (the tuned one last), the candidates and their re-ranking, external runs."""
     runs = [
         run_system(pipeline, system, topics.queries, depth=request.depth, batch_size=request.query_batch,
                    progress=request.progress)
@@ -151,10 +141,20 @@ def _collect_runs(
     return runs
 
 
-def _tuned_system(pipeline: Any, request: EvalRequest) -> System:
-    weights = _tuned_weights(pipeline, request)
-    return System("hybrid-minmax-tuned", {"bm25": True, "knn": True, "fusion": "minmax", "rerank": False,
-                                          "bm25_weight": weights[0], "knn_weight": weights[1]})
+def _tune_fusion(settings: Settings, pipeline: Any, request: EvalRequest) -> FusionTuning:
+    """Tune the fusion step on ``request.tune_split`` with the pipeline's own recall lists and fusion code."""
+    tuning_topics = load_topics(request.data_dir, request.tune_split or "train")
+    if request.tune_split == request.split:
+        logger.warning("fusion tuned and scored on the same split (%s): the tuned row is optimistic", request.split)
+    lists = collect_stage_lists(pipeline, tuning_topics.queries, depth=request.depth,
+                                batch_size=max(8, request.query_batch), progress=request.progress)
+    return tune_fusion(tuning_topics.qrels, lists, split=request.tune_split or "train", depth=request.depth,
+                       configured=settings.search)
+
+
+def _tuned_system(tuning: FusionTuning) -> System:
+    """The tuned setting as an eval system, without re-ranking (what was tuned is the fusion step)."""
+    return System(TUNED_SYSTEM, {**tuning.served.search_changes(), "rerank": False})
 
 
 def _candidate_runs(settings: Settings, request: EvalRequest, pipeline: Any, topics: Topics) -> list[SystemRun]:

@@ -40,6 +40,7 @@ class EvalReport:
     provenance: dict[str, Any] = field(default_factory=dict)
     max_p: float = 0.05
     stat_test: str = "student"
+    fusion_tuning: dict[str, Any] | None = None  # ``eval --tune-fusion-on``: FusionTuning.to_dict()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,6 +66,8 @@ class EvalReport:
             f"{self.queries} judged queries ({self.unjudged_queries} queries without judgements in this split left out). "
             f"† = differs from {self.baseline} (paired {self.stat_test} t-test, p < {self.max_p})."
         )
+        if self.fusion_tuning is not None:
+            lines += ["", self.fusion_tuning["markdown"]]
         return "\n".join(lines)
 
     def latency_markdown(self) -> str:
@@ -209,6 +212,7 @@ def _html(report: EvalReport, chart: Path) -> str:
         rows.append(f"<tr><th>{html.escape(name)}</th>{cells}{lat}</tr>")
     head = "".join(f"<th>{label}</th>" for label in METRICS.values())
     provenance = html.escape(json.dumps(report.provenance, indent=2))
+    tuning = f"<p>{html.escape(report.fusion_tuning['verdict'])}</p>" if report.fusion_tuning else ""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>ceindex evaluation</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse}}
@@ -216,7 +220,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}pre{{background:#
 <body><h1>ceindex evaluation</h1>
 <p>{report.queries} judged queries; {report.unjudged_queries} without judgements left out.
 &dagger; = differs from <b>{html.escape(report.baseline)}</b> (paired t-test, p &lt; {report.max_p}).</p>
-<table><tr><th>system</th>{head}<th>p50 ms</th><th>p95 ms</th></tr>{''.join(rows)}</table>
+<table><tr><th>system</th>{head}<th>p50 ms</th><th>p95 ms</th></tr>{''.join(rows)}</table>{tuning}
 <p><img alt="metrics per system" src="data:image/png;base64,{image}"></p>
 <h2>Provenance</h2><pre>{provenance}</pre>
 <p>Generated {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}.</p></body></html>

@@ -102,13 +102,24 @@ def test_help_texts(run) -> None:
         assert text.split()[:3:2] == ["Usage:", command] and purpose in text, text
 
 
-def test_fusion_weights_tuned_on_a_split(run) -> None:
+def test_fusion_tuned_on_a_split_is_written_as_a_config_that_search_serves(run, tmp_path: Path) -> None:
     run("-q", "build", "--data", str(SAMPLE), "--index", "tune", "--max-length", "64", "--no-progress")
+    written, out = tmp_path / "tuned.yaml", tmp_path / "report"
     report = json.loads(run("-q", "eval", "--data", str(SAMPLE), "--index", "tune", "--systems", "hybrid-minmax",
-                            "--tune-fusion-on", "test", "--json", "--no-progress").stdout)
-    assert report["systems"] == ["hybrid-minmax", "hybrid-minmax-tuned"]
-    # tuned on the very queries it is scored on: the tuned weights should not do worse than equal ones
-    assert report["scores"]["hybrid-minmax-tuned"]["ndcg@10"] >= report["scores"]["hybrid-minmax"]["ndcg@10"] - 1e-9
+                            "--tune-fusion-on", "test", "--write-config", str(written), "--out", str(out), "--json",
+                            "--no-progress").stdout)
+    assert report["systems"] == ["hybrid-minmax", "tuned"] and report["files"]["config"] == str(written)
+    tuning = report["fusion_tuning"]
+    # tuned on the very queries it is scored on: the tuned row scores what the tuner found, at least the untuned
+    assert report["scores"]["tuned"]["ndcg@10"] == pytest.approx(tuning["served_score"], abs=1e-9)
+    assert tuning["served_score"] >= max(tuning["configured_score"], tuning["bm25_alone"])
+    assert tuning["verdict"].startswith("k-NN helps on test" if tuning["knn_helps"] else "k-NN does not help on test")
+    # search with the written config returns the tuned run's ranking
+    query_id, query = next((json.loads(line)["_id"], json.loads(line)["text"])
+                           for line in (SAMPLE / "queries.jsonl").read_text().splitlines())
+    hits = json.loads(run("-q", "search", "--config", str(written), "--no-rerank", "--json", query).stdout)[0]["hits"]
+    trec = [line.split() for line in (out / "runs" / "tuned.trec").read_text().splitlines()]
+    assert [h["id"] for h in hits] == [row[2] for row in trec if row[0] == query_id][:10]
 
 
 def test_eval_bad_requests_are_clear(run, tmp_path: Path) -> None:

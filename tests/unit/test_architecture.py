@@ -15,7 +15,7 @@ PACKAGES = ("ceindex", "indexer", "search_pipeline", "mappings")
 # bottom to top; a module may import its own layer and the ones below. "=name" matches that module only,
 # any other entry also matches its submodules.
 LAYERS: dict[int, tuple[str, ...]] = {
-    0: ("ceindex.errors", "ceindex.redact", "ceindex.text", "ceindex.data"),
+    0: ("ceindex.errors", "ceindex.redact", "ceindex.text", "ceindex.filters", "ceindex.data"),
     1: ("ceindex.models",),
     2: ("ceindex.config",),
     3: ("ceindex.backends", "mappings"),

@@ -79,36 +79,3 @@ def test_system_names() -> None:
         parse_systems("dense")
     with pytest.raises(ConfigError, match="twice"):
         parse_systems("bm25,bm25")
-
-
-def test_fusion_weights_are_tuned_on_the_raw_scores_the_pipeline_fuses(monkeypatch) -> None:
-    """The tuning runs carried rank-derived scores (n, n-1, ...), not the BM25 / cosine scores that the pipeline's
-    min-max fusion then weighs, so the weights were tuned for a different fusion."""
-    from types import SimpleNamespace
-
-    import ranx
-
-    from ceindex.evaluation import pipeline_eval
-    from ceindex.evaluation.topics import Topics
-
-    raw = {"bm25": {"q1": {"a": 12.5, "b": 3.25, "c": 0.5}}, "knn": {"q1": {"b": 0.91, "c": 0.42, "a": 0.13}}}
-
-    class Pipeline:
-        def with_search(self, **search):
-            name = "bm25" if search.get("bm25") and not search.get("knn") else "knn"
-            hits = [SimpleNamespace(id=d, score=s) for d, s in sorted(raw[name]["q1"].items(), key=lambda x: -x[1])]
-            return SimpleNamespace(search_many=lambda queries, depth, include_text=False: [
-                SimpleNamespace(hits=hits, timings_ms={"bm25": 0.0})])
-
-    seen = {}
-
-    def fake_optimize(qrels, runs, **kwargs):
-        seen.update({run.name: run.to_dict() for run in runs})
-        return {"weights": (0.3, 0.7)}
-
-    monkeypatch.setattr(ranx, "optimize_fusion", fake_optimize)
-    monkeypatch.setattr(pipeline_eval, "load_topics", lambda *a, **k: Topics(
-        queries={"q1": "query"}, qrels={"q1": {"a": 1}}, source="t", queries_sha256="", qrels_sha256="", unjudged=[]))
-    request = SimpleNamespace(data_dir="x", tune_split="train", depth=10, query_batch=1, progress=False)
-    assert pipeline_eval._tuned_weights(Pipeline(), request) == (0.3, 0.7)
-    assert seen["bm25"]["q1"] == raw["bm25"]["q1"] and seen["knn"]["q1"] == raw["knn"]["q1"]
