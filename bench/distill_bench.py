@@ -1,17 +1,20 @@
-"""Distillation benchmark on SciFact test: BM25, the CE layer encoder, DE-2 CE, the baseline DE and the
-control, each as dense exact-cosine retrieval and each as hybrid (RRF) + cross-encoder re-rank; plus encode
-throughput (float32 and int8) on the same 1,000 documents, with int8 quality.
+"""Distillation benchmark (issue 13): every DE-2 CE recipe side by side on SciFact test, in one run.
 
-    .venv/bin/python bench/distill_bench.py [--de2ce DIR] [--control DIR] [--rerank-top 20]
+For BM25, the CE layer encoder, each distilled model in ``bench/results/models`` (see ARMS; ``--arm LABEL=DIR`` adds
+or replaces) and the baseline DE: dense exact-cosine retrieval, hybrid (BM25 + that encoder's k-NN, RRF) without and
+with CE re-rank of the top ``--rerank-top``; paired t-tests (vs BM25, and between the init arms of the best recipe);
+encode throughput of each DE-2 CE vs the baseline DE at equal max length and at each model's own; the training
+record of each model (sources, epochs, minutes on this machine); and TREC DL19 (BM25 pool as corpus) rows.
+
+    .venv/bin/python bench/distill_bench.py [--rerank-top 20] [--throughput-docs 200]
 
 Prints Markdown tables and writes bench/results/distill.json. torch runs on 2 threads.
 
-Hybrid + re-rank goes through the product path: an embedded index per encoder (built with ``build_index``)
-and ``ceindex.evaluation.pipeline_eval.evaluate`` with system ``hybrid-rrf+rerank``. To keep it affordable
-on a 2-core CPU: document vectors are computed once per encoder and handed to ``build_index`` (the vectors
-are the encoder's own), and the re-ranker's scores are memoised per (query, document) across systems, so
-a pair that several systems send to the cross-encoder is scored once. Re-rank latencies are therefore not
-reported; only quality.
+Hybrid goes through the product path: an embedded index per encoder (built with ``build_index``) and
+``ceindex.evaluation.pipeline_eval.evaluate``. To keep it affordable on a 2-core CPU: document vectors are computed
+once per encoder and cached on disk, and the re-ranker's scores are cached per (query, document) pair on disk, so a
+pair that several systems (or an earlier run) send to the cross-encoder is scored once. Re-rank latencies are
+therefore not reported; only quality.
 """
 from __future__ import annotations
 
@@ -29,13 +32,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import FIXTURE_CE, RESULTS, SCIFACT, bm25_run, markdown_table, require, write_json  # noqa: E402
+from _common import DL19, FIXTURE_CE, RESULTS, SCIFACT, bm25_run, markdown_table, require, write_json  # noqa: E402
 
 from ceindex.data.beir import read_qrels, read_queries  # noqa: E402
 from ceindex.data.corpus import Document, corpus_path, read_documents  # noqa: E402
 from ceindex.evaluation.report import score_runs  # noqa: E402
 from ceindex.evaluation.runner import SystemRun  # noqa: E402
-from ceindex.layers import evaluate_run, exact_search  # noqa: E402
+from ceindex.layers import exact_search  # noqa: E402
 from ceindex.models import EncoderConfig, load_encoder  # noqa: E402
 from ceindex.models.dual import baseline_de_path  # noqa: E402
 
@@ -88,25 +91,6 @@ def cached_encode(encoder: Any, texts: list[str], dtype: str, show_progress: boo
     return vectors
 
 
-def memoise_reranker() -> dict[tuple, float]:
-    """Patch CrossEncoderReranker.score to score each distinct (query, document) pair once per run."""
-    from ceindex.models.scorer import CrossEncoderReranker
-
-    memo: dict[tuple, float] = {}
-    original = CrossEncoderReranker.score
-
-    def score(self, pairs):  # type: ignore[no-untyped-def]
-        key = (self.model_ref, self.max_length)
-        todo = list(dict.fromkeys(p for p in pairs if (key, p) not in memo))
-        if todo:
-            for pair, value in zip(todo, original(self, todo)):
-                memo[(key, pair)] = float(value)
-        return np.array([memo[(key, p)] for p in pairs], dtype=np.float32)
-
-    CrossEncoderReranker.score = score  # type: ignore[method-assign]
-    return memo
-
-
 def timed_median(fn: Callable[[], Any], repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -116,144 +100,123 @@ def timed_median(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
-# --------------------------------------------------------------------------- main
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--de2ce", type=Path, default=MODELS / "de2ce-scifact")
-    parser.add_argument("--control", type=Path, default=MODELS / "de2-control")
-    parser.add_argument("--data", type=Path, default=SCIFACT)
-    parser.add_argument("--ce", type=Path, default=FIXTURE_CE)
-    parser.add_argument("--max-length", type=int, default=256, help="encoder max_length (all encoders)")
-    parser.add_argument("--rerank-top", type=int, default=20)
-    parser.add_argument("--rerank-max-length", type=int, default=192)
-    parser.add_argument("--throughput-docs", type=int, default=500)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip-hybrid", action="store_true")
-    parser.add_argument("--hybrid-from", type=Path, default=None,
-                        help="take the hybrid + re-rank section from an earlier complete run's JSON instead of "
-                             "recomputing it (~25 min); for re-measuring throughput on a quiet machine")
-    parser.add_argument("--out", default="distill.json")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("transformers", "sentence_transformers", "bm25s", "ceindex", "search_pipeline", "indexer"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    for path in (args.data, args.ce, args.de2ce, args.control):
-        require(path)
-    earlier = _earlier_hybrid(args) if args.hybrid_from is not None else None  # read before this run overwrites it
-    import torch
+# --------------------------------------------------------------------------- the systems
+ARMS = [  # label, folder under bench/results/models (made by the commands in README's distillation section)
+    ("DE-2 CE: SciFact train qrels, CE teacher", "de2ce-qrels"),
+    ("DE-2 CE: train-mix, zero-shot (no SciFact rows)", "de2ce-train-mix"),
+    ("DE-2 CE: label-free (SciFact corpus + CE)", "de2ce-label-free"),
+    ("DE-2 CE: qrels + corpus + CE + baseline-DE teacher", "de2ce-best"),
+    ("control: same recipe, baseline DE's first layers", "de2-best-control"),
+    ("random init: same recipe, nothing copied", "de2-best-random"),
+]
+BEST, CONTROL, RANDOM, TRAIN_MIX = ARMS[3][0], ARMS[4][0], ARMS[5][0], ARMS[1][0]
+BASELINE = "baseline DE all-MiniLM-L6-v2"
 
-    torch.set_num_threads(2)
-    started = time.perf_counter()
-    layer, layer_source = best_ce_layer()
-    docs = [d for d in read_documents(corpus_path(args.data, None)) if isinstance(d, Document)]
+
+def encoders_of(args: argparse.Namespace, layer: int) -> dict[str, tuple[str, Path]]:
+    """Label -> (kind, model folder), cheapest first; arms whose folder is missing are left out (logged)."""
+    arms = dict((label, MODELS / folder) for label, folder in ARMS)
+    for extra in args.arm:
+        label, _, folder = extra.partition("=")
+        arms[label] = Path(folder)
+    found = {label: ("dual", path) for label, path in arms.items() if (path / "config.json").is_file()}
+    for label in arms.keys() - found.keys():
+        log.warning("left out (no model at %s): %s", arms[label], label)
+    return {f"CE layer {layer}": ("ce-layer", args.ce), **found, BASELINE: ("dual", baseline_de_path())}
+
+
+def corpus_of(data: Path) -> tuple[list[Document], dict[str, dict[str, int]], list[str], list[str]]:
+    docs = [d for d in read_documents(corpus_path(data, None)) if isinstance(d, Document)]
+    qrels = read_qrels(data, "test")
+    queries = read_queries(data)
+    qids = [q for q in qrels if q in queries]
+    return docs, {q: qrels[q] for q in qids}, qids, [queries[q] for q in qids]
+
+
+def make_config(kind: str, model: Path, layer: int, max_length: int, dtype: str = "float32") -> EncoderConfig:
+    return EncoderConfig(kind=kind, model=str(model), layer=layer, max_length=max_length, batch_size=32,
+                         device="cpu", dtype=dtype)
+
+
+# --------------------------------------------------------------------------- the sections
+def dense_section(encoders: dict, layer: int, max_length: int, docs: list[Document], qrels: dict, qids: list[str],
+                  qtexts: list[str]) -> tuple[Any, dict[str, np.ndarray], dict[str, dict]]:
+    """Exact-cosine retrieval per encoder (each at its own max length, capped at ``max_length``) vs BM25."""
     ids, bodies = [d.id for d in docs], [d.body for d in docs]
-    qrels = read_qrels(args.data, "test")
-    all_queries = read_queries(args.data)
-    qids = [q for q in qrels if q in all_queries]
-    qtexts = [all_queries[q] for q in qids]
-    qrels = {q: qrels[q] for q in qids}
-
-    def config(kind: str, model: Path, dtype: str = "float32") -> EncoderConfig:
-        return EncoderConfig(kind=kind, model=str(model), layer=layer, max_length=args.max_length, batch_size=32,
-                             device="cpu", dtype=dtype)
-
-    encoders = {  # cheapest first, so partial logs are useful on a slow machine
-        f"CE layer {layer}": ("ce-layer", args.ce),
-        "DE-2 CE (distilled)": ("dual", args.de2ce),
-        "DE-2 control (from baseline DE)": ("dual", args.control),
-        "baseline DE (all-MiniLM-L6-v2)": ("dual", baseline_de_path()),
-    }
-    # ---- dense retrieval (float32), keeping document vectors for the hybrid indexes
     runs = [SystemRun("BM25", bm25_run(ids, bodies, qids, qtexts))]
-    doc_vectors: dict[str, np.ndarray] = {}
-    encode_s: dict[str, float] = {}
+    vectors: dict[str, np.ndarray] = {}
+    dense_runs: dict[str, dict] = {}
     for name, (kind, model) in encoders.items():
-        log.info("dense: %s", name)
-        encoder = load_encoder(config(kind, model))
-        begin = time.perf_counter()
-        doc_vectors[name] = cached_encode(encoder, bodies, "float32")
-        queries = encoder.encode(qtexts)
-        encode_s[name] = round(time.perf_counter() - begin, 1)
-        runs.append(SystemRun(name, exact_search(queries, doc_vectors[name], qids, ids, k=100)))
-        log.info("dense %s: %s (%.0f s)", name, evaluate_run(qrels, runs[-1].run), encode_s[name])
-    dense = score_runs(qrels, runs, baseline="BM25")
-    print("\n## Dense retrieval (exact cosine), SciFact test\n")
-    print(dense.markdown())
+        encoder = load_encoder(make_config(kind, model, layer, max_length))
+        vectors[name] = cached_encode(encoder, bodies, "float32")
+        dense_runs[name] = exact_search(encoder.encode(qtexts), vectors[name], qids, ids, k=100)
+        runs.append(SystemRun(name, dense_runs[name]))
+        log.info("dense %s done", name)
+    return score_runs(qrels, runs, baseline="BM25"), vectors, dense_runs
 
-    # ---- throughput on the same texts, float32 and int8, plus int8 quality
-    texts = bodies[: args.throughput_docs]
-    throughput: dict[str, dict[str, Any]] = {}
-    for name in (f"CE layer {layer}", "DE-2 CE (distilled)", "baseline DE (all-MiniLM-L6-v2)"):
-        kind, model = encoders[name]
-        for dtype in ("float32", "int8"):
-            encoder = load_encoder(config(kind, model, dtype))
-            encoder.encode(texts[:64])  # warm-up
-            seconds = timed_median(lambda: encoder.encode(texts), args.repeats)
-            entry = {"docs_per_s": round(len(texts) / seconds, 1), "seconds_median": round(seconds, 2)}
-            if dtype == "int8":
-                vecs = cached_encode(encoder, bodies, "int8")
-                run = exact_search(encoder.encode(qtexts), vecs, qids, ids, k=100)
-                entry["ndcg@10"] = round(score_runs(qrels, [SystemRun(name, run)], baseline=name).scores[name]["ndcg@10"], 4)
-            else:
-                entry["ndcg@10"] = round(dense.scores[name]["ndcg@10"], 4)
-            throughput.setdefault(name, {})[dtype] = entry
-            log.info("throughput %s %s: %s", name, dtype, entry)
-    base = throughput["baseline DE (all-MiniLM-L6-v2)"]["float32"]["docs_per_s"]
+
+def arms_section(qrels: dict, dense_runs: dict[str, dict]) -> Any | None:
+    """Paired t-tests between the init arms of the best recipe (CE-init vs control vs random init)."""
+    arms = [name for name in (BEST, CONTROL, RANDOM) if name in dense_runs]
+    if len(arms) < 2 or BEST not in arms:
+        return None
+    return score_runs(qrels, [SystemRun(n, dense_runs[n]) for n in arms], baseline=BEST)
+
+
+def throughput_section(encoders: dict, layer: int, texts: list[str], repeats: int) -> list[dict[str, Any]]:
+    """docs/s of each encoder at equal max length (128, the DE-2 CE training length) and at its own length."""
     rows = []
-    for name, by_dtype in throughput.items():
-        for dtype, entry in by_dtype.items():
-            entry["x_baseline_de_fp32"] = round(entry["docs_per_s"] / base, 2)
-            rows.append([name, dtype, f"{entry['docs_per_s']:.1f}", f"{entry['x_baseline_de_fp32']:.2f}x", entry["ndcg@10"]])
-    print(f"\n## Encode throughput ({len(texts)} SciFact documents, max_length {args.max_length}, "
-          f"batch 32, 2 torch threads, median of {args.repeats})\n")
-    print(markdown_table(["encoder", "dtype", "docs/s", "vs baseline DE fp32", "nDCG@10"], rows))
-
-    def write_partial(hybrid: dict, hybrid_report: Any, done: bool) -> None:
-        _write(args, encoders, layer, layer_source, ids, qids, dense, encode_s, throughput, hybrid, hybrid_report,
-               started, done)
-
-    write_partial({}, None, False)
-    # ---- hybrid (RRF) + re-rank through the product pipeline
-    hybrid: dict[str, dict[str, float]] = {}
-    hybrid_report = None
-    if earlier is not None:
-        hybrid, hybrid_report = earlier
-    elif not args.skip_hybrid:
-        hybrid, hybrid_report = run_hybrid(args, encoders, config, docs, doc_vectors)
-    if hybrid_report is not None:
-        print(f"\n## Each + CE re-rank of the top {args.rerank_top} (BM25 alone; the others hybrid BM25 + k-NN, RRF)\n")
-        print(hybrid_report.markdown())
-
-    write_partial(hybrid, hybrid_report, True)
+    for name, (kind, model) in encoders.items():
+        own = 256 if kind == "ce-layer" else _own_length(model)
+        for setting, length in (("equal length 128", 128), (f"own length {own}", own)):
+            if setting.startswith("own") and own == 128:
+                continue
+            encoder = load_encoder(make_config(kind, model, layer, length))
+            encoder.encode(texts[:64])  # warm-up
+            seconds = timed_median(lambda: encoder.encode(texts), repeats)
+            rows.append({"encoder": name, "setting": setting, "max_length": length,
+                         "docs_per_s": round(len(texts) / seconds, 1), "seconds_median": round(seconds, 2)})
+            log.info("throughput %s", rows[-1])
+    for setting in {r["setting"].split(" ")[0] for r in rows}:
+        base = next((r for r in rows if r["encoder"] == BASELINE and r["setting"].startswith(setting)), None)
+        for row in rows:
+            if base and row["setting"].startswith(setting):
+                row["x_baseline_de"] = round(row["docs_per_s"] / base["docs_per_s"], 2)
+    return rows
 
 
-def _write(args, encoders, layer, layer_source, ids, qids, dense, encode_s, throughput, hybrid, hybrid_report, started, done) -> None:  # noqa: ANN001
-    texts_n = args.throughput_docs
-    payload = {
-        "data": str(args.data), "split": "test", "queries": len(qids), "documents": len(ids),
-        "ce": str(args.ce), "ce_layer": layer, "ce_layer_source": layer_source,
-        "models": {n: str(m) for n, (_, m) in encoders.items()},
-        "training": {n: _training_record(m) for n, (k, m) in encoders.items() if (Path(m) / "ceindex_distill.json").is_file()},
-        "encoder_max_length": args.max_length,
-        "dense": dense.to_dict(),
-        "dense_encode_seconds_full_corpus": encode_s,  # ~0 where the vectors came from the bench cache
-        "hybrid_rerank": {"rerank_top": args.rerank_top, "rerank_max_length": args.rerank_max_length,
-                          "scores": hybrid, "report": hybrid_report.to_dict() if hybrid_report else None},
-        "throughput": {"docs": texts_n, "repeats": args.repeats, "torch_threads": 2, "results": throughput},
-        "bench_seconds": round(time.perf_counter() - started, 1),
-        "command": " ".join(sys.argv),
-        "hybrid_rerank_reused_from_command": getattr(args, "hybrid_reused_from", None),
-        "note": "shared 2-core machine: timings are noisy medians",
-        "complete": done,
-    }
-    path = write_json(args.out, payload)
-    print(f"\nwrote {path}")
+def _own_length(model: Path) -> int:
+    st = json.loads((Path(model) / "sentence_bert_config.json").read_text(encoding="utf-8"))
+    return int(st.get("max_seq_length") or 256)
 
 
-def run_hybrid(args: argparse.Namespace, encoders: dict, config: Callable, docs: list[Document],
-               doc_vectors: dict[str, np.ndarray]) -> tuple[dict[str, dict[str, float]], Any]:
-    """One embedded index per encoder, evaluated with ``pipeline_eval.evaluate`` (system hybrid-rrf+rerank;
-    the first index also runs bm25+rerank). Runs are read back from the written TREC files and scored together."""
+def training_section(encoders: dict) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name, (_, model) in encoders.items():
+        path = Path(model) / "ceindex_distill.json"
+        if not path.is_file():
+            continue
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        data = meta["training_data"]
+        out[name] = {
+            "sources": [f"{s['kind']}:{Path(s['path']).name}" + (f" ({s['split']})" if s.get("split") else "")
+                        for s in data.get("sources", [])],
+            "triples": data["triples"], "pseudo_query_triples": data.get("pseudo_query_triples"),
+            "teachers": ", ".join(t for t, on in (("CE margins", meta.get("teacher")), ("baseline DE", meta.get("teacher_de"))) if on) or "none",
+            "init": "random" if not meta["student"]["copied_other"] else meta["student"]["source_kind"],
+            "epochs": [(e["epoch"], e["steps"], e.get("partial", False)) for e in meta["epochs"]],
+            "complete": meta.get("complete", True), "best_epoch": meta["best_epoch"],
+            "held_out_ndcg@10": (meta.get("held_out_metrics") or {}).get("ndcg@10"),
+            "minutes": {k: round(v / 60, 1) for k, v in meta["wall_time_s"].items()},
+            "command_settings": meta["hyper_parameters"],
+        }
+    return out
+
+
+def hybrid_section(args: argparse.Namespace, data: Path, encoders: dict, layer: int, docs: list[Document],
+                   vectors: dict[str, np.ndarray], rerank: bool) -> tuple[Any, Any | None]:
+    """Through the product pipeline: an embedded index per encoder; systems hybrid-rrf (and hybrid-rrf+rerank),
+    plus bm25 (and bm25+rerank) on the first index. Returns (no re-rank report, re-rank report) vs BM25."""
     from ranx import Run
 
     from ceindex.backends import open_backend
@@ -262,54 +225,155 @@ def run_hybrid(args: argparse.Namespace, encoders: dict, config: Callable, docs:
     from ceindex.evaluation.topics import load_topics
     from indexer.build import build_index
 
-    memo = memoise_reranker()
-    runs: list[SystemRun] = []
-    scores: dict[str, dict[str, float]] = {}
+    plain: list[SystemRun] = []
+    reranked: list[SystemRun] = []
     with tempfile.TemporaryDirectory(prefix="distill-bench-") as home:
         for n, (name, (kind, model)) in enumerate(encoders.items()):
-            index = f"scifact-{n}"
-            settings = Settings(index=index, home=home, encoder=config(kind, model))
+            settings = Settings(index=f"bench-{n}", home=home, encoder=make_config(kind, model, layer, args.max_length))
             settings = replace(settings, search=replace(settings.search, rerank_top=args.rerank_top,
                                                         rerank_max_length=args.rerank_max_length,
                                                         rerank_model=str(args.ce)))
-            encoder = PrecomputedEncoder(load_encoder(settings.encoder), {d.body: v for d, v in zip(docs, doc_vectors[name])})
+            encoder = PrecomputedEncoder(load_encoder(settings.encoder), {d.body: v for d, v in zip(docs, vectors[name])})
             backend = open_backend(settings)
             try:
-                build_index(backend, encoder, corpus_path(args.data, None), index, settings.build,
+                build_index(backend, encoder, corpus_path(data, None), settings.index, settings.build,
                             rejects_path=Path(home) / "rejects.jsonl", progress=False)
             finally:
                 backend.close()
-            systems = ("bm25+rerank," if n == 0 else "") + "hybrid-rrf+rerank"
+            systems = ["hybrid-rrf"] + (["hybrid-rrf+rerank"] if rerank else [])
+            if n == 0:
+                systems = ["bm25"] + (["bm25+rerank"] if rerank else []) + systems
             out_dir = Path(home) / f"eval-{n}"
-            log.info("%s: %s (%d re-rank pairs scored so far)", systems, name, len(memo))
-            report, _ = evaluate(settings, EvalRequest(data_dir=args.data, split="test", systems=systems), out_dir)
-            for system in systems.split(","):
+            evaluate(settings, EvalRequest(data_dir=data, split="test", systems=",".join(systems), progress=False), out_dir)
+            for system in systems:
                 label = "BM25" if system.startswith("bm25") else name
                 trec = out_dir / "runs" / f"{system.replace('+', '_plus_')}.trec"
-                runs.append(SystemRun(label, Run.from_file(str(trec), kind="trec").to_dict()))
-                scores[label] = report.scores[system]
-        qrels = load_topics(args.data, "test").qrels
-    log.info("re-ranker scored %d distinct pairs in all", len(memo))
-    return scores, score_runs(qrels, runs, baseline="BM25")
+                run = SystemRun(label, Run.from_file(str(trec), kind="trec").to_dict())
+                (reranked if system.endswith("+rerank") else plain).append(run)
+            log.info("hybrid %s done", name)
+        qrels = load_topics(data, "test").qrels
+    return score_runs(qrels, plain, baseline="BM25"), score_runs(qrels, reranked, baseline="BM25") if rerank else None
 
 
-def _earlier_hybrid(args: argparse.Namespace) -> tuple[dict[str, dict[str, float]], Any]:
-    from ceindex.evaluation.report import EvalReport
+def persistent_rerank_cache(home: Path) -> None:
+    """Patch CrossEncoderReranker.score to score each distinct (query, document) pair once, across runs."""
+    from ceindex.distill.cache import ScoreStore, text_key
+    from ceindex.models.scorer import CrossEncoderReranker
 
-    earlier = json.loads(args.hybrid_from.read_text(encoding="utf-8"))
-    section = earlier.get("hybrid_rerank") or {}
-    if not earlier.get("complete") or not section.get("report"):
-        sys.exit(f"{args.hybrid_from}: no complete hybrid + re-rank section to reuse")
-    if (section["rerank_top"], section["rerank_max_length"]) != (args.rerank_top, args.rerank_max_length):
-        sys.exit(f"{args.hybrid_from}: re-rank settings differ from this run's --rerank-top/--rerank-max-length")
-    args.hybrid_reused_from = earlier.get("command")
-    return section["scores"], EvalReport(**section["report"])
+    original = CrossEncoderReranker.score
+
+    def score(self, pairs):  # type: ignore[no-untyped-def]
+        store = ScoreStore(home, f"bench-rerank-{Path(self.model_ref).name}-{self.max_length}")
+        pairs = list(pairs)
+        return store.get_or_compute([text_key(q, d) for q, d in pairs],
+                                    lambda missing: original(self, [pairs[i] for i in missing]))
+
+    CrossEncoderReranker.score = score  # type: ignore[method-assign]
 
 
-def _training_record(model: Path) -> dict[str, Any]:
-    meta = json.loads((Path(model) / "ceindex_distill.json").read_text(encoding="utf-8"))
-    return {k: meta.get(k) for k in ("best_epoch", "stopped_early", "held_out_before_training", "held_out_metrics",
-                                      "wall_time_s", "hyper_parameters")} | {"epochs": meta.get("epochs")}
+# --------------------------------------------------------------------------- main
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "sentence_transformers", "bm25s", "ceindex", "search_pipeline", "indexer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for path in (args.data, args.ce):
+        require(path)
+    import torch
+
+    from ceindex.config import Settings
+
+    torch.set_num_threads(2)
+    persistent_rerank_cache(Settings().home_path / "cache" / "bench-rerank")
+    started = time.perf_counter()
+    layer, layer_source = best_ce_layer()
+    encoders = encoders_of(args, layer)
+    result: dict[str, Any] = {"data": str(args.data), "ce": str(args.ce), "ce_layer": layer,
+                              "ce_layer_source": layer_source, "models": {n: str(m) for n, (_, m) in encoders.items()},
+                              "rerank_top": args.rerank_top, "rerank_max_length": args.rerank_max_length,
+                              "command": " ".join(sys.argv), "complete": False}
+    result["training"] = training_section(encoders)
+    print_training(result["training"])
+    docs, qrels, qids, qtexts = corpus_of(args.data)
+    dense, vectors, dense_runs = dense_section(encoders, layer, args.max_length, docs, qrels, qids, qtexts)
+    result["dense"] = dense.to_dict()
+    print("\n## SciFact test, dense (exact cosine); † = differs from BM25 (paired t-test, p < 0.05)\n")
+    print(dense.markdown())
+    arms = arms_section(qrels, dense_runs)
+    if arms is not None:
+        result["arms"] = arms.to_dict()
+        print(f"\n## Init arms of the best recipe, dense; † = differs from {BEST}\n")
+        print(arms.markdown())
+    write_json(args.out, result)
+    result["throughput"] = {"docs": args.throughput_docs, "repeats": args.repeats,
+                            "rows": throughput_section(encoders, layer, [d.body for d in docs[: args.throughput_docs]], args.repeats)}
+    print_throughput(result["throughput"])
+    write_json(args.out, result)
+    plain, reranked = hybrid_section(args, args.data, encoders, layer, docs, vectors, rerank=not args.no_rerank)
+    result["hybrid"] = plain.to_dict()
+    print("\n## SciFact test, hybrid BM25 + encoder (RRF), no re-rank; † = differs from BM25\n")
+    print(plain.markdown())
+    if reranked is not None:
+        result["hybrid_rerank"] = reranked.to_dict()
+        print(f"\n## ... then CE re-rank of the top {args.rerank_top}; † = differs from BM25 + re-rank\n")
+        print(reranked.markdown())
+    write_json(args.out, result)
+    result["dl19"] = dl19_section(args, encoders, layer)
+    result["bench_seconds"] = round(time.perf_counter() - started, 1)
+    result["complete"] = True
+    print(f"\nwrote {write_json(args.out, result)} ({result['bench_seconds'] / 60:.0f} min)")
+
+
+def dl19_section(args: argparse.Namespace, encoders: dict, layer: int) -> dict[str, Any]:
+    """TREC DL19 with its BM25 pool as the corpus: BM25, the train-mix and best DE-2 CE, the baseline DE."""
+    if not DL19.is_dir():
+        return {}
+    chosen = {n: e for n, e in encoders.items() if n in (TRAIN_MIX, BEST, BASELINE)}
+    docs, qrels, qids, qtexts = corpus_of(DL19)
+    dense, vectors, _ = dense_section(chosen, layer, args.max_length, docs, qrels, qids, qtexts)
+    plain, reranked = hybrid_section(args, DL19, chosen, layer, docs, vectors, rerank=not args.no_rerank)
+    print("\n## TREC DL19 (BM25 top-100 pool as corpus), dense; † = differs from BM25\n")
+    print(dense.markdown())
+    print("\n## TREC DL19, hybrid (RRF), no re-rank\n")
+    print(plain.markdown())
+    if reranked is not None:
+        print(f"\n## TREC DL19, hybrid then CE re-rank of the top {args.rerank_top}\n")
+        print(reranked.markdown())
+    return {"dense": dense.to_dict(), "hybrid": plain.to_dict(),
+            "hybrid_rerank": reranked.to_dict() if reranked is not None else None}
+
+
+def print_training(training: dict[str, dict[str, Any]]) -> None:
+    rows = [[name, "; ".join(t["sources"]), t["triples"], t["teachers"], t["init"],
+             " ".join(f"{e}{'(partial)' if p else ''}:{s}" for e, s, p in t["epochs"]), t["held_out_ndcg@10"],
+             t["minutes"]["prepare"], t["minutes"]["training_epochs"], t["minutes"]["total"]] for name, t in training.items()]
+    print("\n## Training (this machine, 2 cores)\n")
+    print(markdown_table(["model", "sources", "triples", "teachers", "init", "epoch:batches", "held-out nDCG@10",
+                          "prepare min", "train min", "total min"], rows))
+
+
+def print_throughput(section: dict[str, Any]) -> None:
+    rows = [[r["encoder"], r["setting"], r["docs_per_s"], f"{r.get('x_baseline_de', float('nan')):.2f}x"]
+            for r in section["rows"]]
+    print(f"\n## Encode throughput ({section['docs']} SciFact documents, batch 32, 2 threads, median of "
+          f"{section['repeats']})\n")
+    print(markdown_table(["encoder", "max length", "docs/s", "vs baseline DE (same setting)"], rows))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arm", action="append", default=[], metavar="LABEL=DIR",
+                        help="another distilled model to include (or replace an ARMS label's folder)")
+    parser.add_argument("--data", type=Path, default=SCIFACT)
+    parser.add_argument("--ce", type=Path, default=FIXTURE_CE)
+    parser.add_argument("--max-length", type=int, default=256, help="encoder max_length cap (DE-2 CE use their own 128)")
+    parser.add_argument("--rerank-top", type=int, default=20)
+    parser.add_argument("--rerank-max-length", type=int, default=192)
+    parser.add_argument("--no-rerank", action="store_true", help="skip the CE re-rank rows (the slow part)")
+    parser.add_argument("--throughput-docs", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default="distill.json")
+    return parser.parse_args()
 
 
 if __name__ == "__main__":
