@@ -43,13 +43,16 @@ logger = logging.getLogger(__name__)
               help="Queries per pipeline call; 1 gives true per-query latencies, more is faster.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for report.json, report.md, runs/*.trec, chart.png, report.html.")
+@click.option("--filter", "filter_json", default=None, metavar="JSON",
+              help='Evaluate every system on the documents this filter keeps, e.g. \'{"term": {"lang": "en"}}\' '
+                   "(see README, Filters and pages).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout instead of the Markdown table.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
 @settings_options("opensearch", "search")
 def eval_command(data_dir: str | None, split: str, queries_file: str | None, qrels_file: str | None,
                  systems: str | None, baseline: str | None, extra_runs: tuple[str, ...], candidates_file: str | None,
                  tune_split: str | None, write_config: str | None, depth: int, query_batch: int,
-                 out_dir: str | None, as_json: bool, progress: bool, **params: Any) -> None:
+                 out_dir: str | None, filter_json: str | None, as_json: bool, progress: bool, **params: Any) -> None:
     """Score retrieval systems against relevance judgements with ranx.
 
     \b
@@ -73,7 +76,7 @@ def eval_command(data_dir: str | None, split: str, queries_file: str | None, qre
         baseline=baseline, extra_runs=[Path(p) for p in extra_runs],
         candidates=Path(candidates_file) if candidates_file else None, tune_split=tune_split,
         write_config=Path(write_config) if write_config else None,
-        depth=depth, query_batch=query_batch, progress=progress, command=" ".join(sys.argv),
+        depth=depth, query_batch=query_batch, progress=progress, command=" ".join(sys.argv), filter=filter_json,
     )
     report, paths = evaluate(settings, request, Path(out_dir) if out_dir else None)
     if as_json:

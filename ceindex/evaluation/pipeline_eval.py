@@ -35,6 +35,7 @@ class EvalRequest:
     query_batch: int = 1
     progress: bool = True
     command: str = ""
+    filter: str | None = None  # every system searches only the documents this filter keeps (ceindex.filters)
 
 
 def _read_trec_run(path: Path) -> dict[str, dict[str, float]]:
@@ -132,7 +133,7 @@ def _collect_runs(
     """In report order: the systems (the tuned one last), the candidates and their re-ranking, external runs."""
     runs = [
         run_system(pipeline, system, topics.queries, depth=request.depth, batch_size=request.query_batch,
-                   progress=request.progress)
+                   progress=request.progress, filter=pipeline.parse_filter(request.filter) if request.filter else None)
         for system in systems
     ]
     if request.candidates is not None:

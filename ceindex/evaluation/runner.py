@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -47,6 +47,7 @@ def run_system(
     batch_size: int = 1,
     progress: bool = True,
     raw_scores: bool = False,
+    filter: Any = None,
 ) -> SystemRun:
     """Every query through ``pipeline`` with ``system``'s stages; batch_size 1 gives per-query latencies.
 
@@ -58,7 +59,8 @@ def run_system(
     with tqdm(total=len(qids), desc=f"eval {system.name}", unit="q", disable=not progress) as bar:
         for start in range(0, len(qids), batch_size):
             chunk = qids[start : start + batch_size]
-            for qid, found in zip(chunk, configured.search_many([queries[q] for q in chunk], depth, include_text=False)):
+            for qid, found in zip(chunk, configured.search_many([queries[q] for q in chunk], depth, include_text=False,
+                                                                      **({"filter": filter} if filter else {}))):
                 result.run[qid] = ({hit.id: float(hit.score) for hit in found.hits} if raw_scores
                                    else ranked_scores([hit.id for hit in found.hits]))
                 timings = dict(found.timings_ms)
