@@ -11,7 +11,9 @@ split, the tuned setting is BM25 alone (``search.knn: false``) and the report sa
 from __future__ import annotations
 
 import logging
+import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -123,8 +125,26 @@ def score_ranking(qrels: dict[str, dict[str, int]], ranking: Mapping[str, list[s
     from ranx import Qrels, evaluate
 
     ranx_qrels = Qrels(qrels)
-    run = comparable_run(SystemRun("tuning", {q: ranked_scores(ids) for q, ids in ranking.items() if ids}), ranx_qrels)
-    return float(evaluate(ranx_qrels, run, metric))
+    return float(evaluate(ranx_qrels, _run("tuning", ranking, ranx_qrels), metric))
+
+
+def paired_p_value(qrels: dict[str, dict[str, int]], a: Mapping[str, list[str]], b: Mapping[str, list[str]],
+                   metric: str = METRIC) -> float | None:
+    """The paired Student t-test's p-value of ``metric`` between two rankings (the report's test); None when the
+    two score alike on every query (no test possible)."""
+    from ranx import Qrels, compare
+
+    ranx_qrels = Qrels(qrels)
+    with warnings.catch_warnings():  # equal differences on every query: scipy warns, the p-value is still right
+        warnings.simplefilter("ignore", RuntimeWarning)
+        report = compare(ranx_qrels, [_run("a", a, ranx_qrels), _run("b", b, ranx_qrels)], metrics=[metric],
+                         stat_test="student")
+    p_value = float(report.to_dict()["b"]["comparisons"]["a"][metric])
+    return None if math.isnan(p_value) else p_value
+
+
+def _run(name: str, ranking: Mapping[str, list[str]], qrels: Any) -> Any:
+    return comparable_run(SystemRun(name, {q: ranked_scores(ids) for q, ids in ranking.items() if ids}), qrels)
 
 
 @dataclass
@@ -139,6 +159,7 @@ class FusionTuning:
     served: FusionChoice
     served_score: float
     knn_helps: bool
+    p_value: float | None  # paired t-test, best hybrid vs BM25 alone on the tuning split (None: alike everywhere)
     bm25_alone: float
     knn_alone: float
     best_hybrid: FusionChoice
@@ -154,10 +175,11 @@ class FusionTuning:
     def verdict(self) -> str:
         metric, split = _label(self.metric), self.split
         best = f"best hybrid {self.best_hybrid_score:.3f} ({self.best_hybrid.describe()})"
+        test = f"{metric}, paired t-test p = {'n/a' if self.p_value is None else f'{self.p_value:.2g}'}"
         if self.knn_helps:
-            return (f"k-NN helps on {split}: {best} vs BM25 alone {self.bm25_alone:.3f} ({metric}); "
+            return (f"k-NN helps on {split}: {best} vs BM25 alone {self.bm25_alone:.3f} ({test}); "
                     f"served: {self.served.describe()}")
-        return (f"k-NN does not help on {split}: BM25 alone {self.bm25_alone:.3f} vs {best} ({metric}); "
+        return (f"k-NN does not help on {split}: BM25 alone {self.bm25_alone:.3f} vs {best} ({test}); "
                 f"served: {self.served.describe()}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -192,7 +214,8 @@ def tune_fusion(
     """Score every grid setting on ``qrels`` and pick the one to serve (BM25 alone unless k-NN beats it)."""
     configured = configured or SearchConfig()
     scored = [(choice, score_ranking(qrels, rank_with(lists, choice, depth), metric)) for choice in grid()]
-    bm25_alone = score_ranking(qrels, rank_with(lists, FusionChoice("bm25"), depth), metric)
+    bm25_ranking = rank_with(lists, FusionChoice("bm25"), depth)
+    bm25_alone = score_ranking(qrels, bm25_ranking, metric)
     knn_alone = score_ranking(qrels, {q: [h.id for h in hits[:depth]] for q, hits in lists.knn.items()}, metric)
     untuned = FusionChoice(configured.fusion, configured.bm25_weight, configured.knn_weight, configured.rrf_k)
     hybrid, hybrid_score = _best([(c, s) for c, s in scored if c.uses_knn])
@@ -202,7 +225,9 @@ def tune_fusion(
     served, served_score = (hybrid, hybrid_score) if knn_helps else (FusionChoice("bm25"), bm25_alone)
     tuning = FusionTuning(
         split=split, metric=metric, queries=len(qrels), depth=depth, recall_n=lists.n,
-        served=served, served_score=served_score, knn_helps=knn_helps, bm25_alone=bm25_alone, knn_alone=knn_alone,
+        served=served, served_score=served_score, knn_helps=knn_helps,
+        p_value=paired_p_value(qrels, bm25_ranking, rank_with(lists, hybrid, depth), metric),
+        bm25_alone=bm25_alone, knn_alone=knn_alone,
         best_hybrid=hybrid, best_hybrid_score=hybrid_score,
         configured=untuned, configured_score=score_ranking(qrels, rank_with(lists, untuned, depth), metric),
         best_minmax=best_minmax[0], best_minmax_score=best_minmax[1], best_rrf=best_rrf[0], best_rrf_score=best_rrf[1],

@@ -102,10 +102,14 @@ def test_help_texts(run) -> None:
         assert text.split()[:3:2] == ["Usage:", command] and purpose in text, text
 
 
-def test_fusion_tuned_on_a_split_is_written_as_a_config_that_search_serves(run, tmp_path: Path) -> None:
-    run("-q", "build", "--data", str(SAMPLE), "--index", "tune", "--max-length", "64", "--no-progress")
+def test_fusion_tuned_on_a_split_is_written_as_a_config_that_search_serves(
+    run, target: list[str], tmp_path: Path
+) -> None:
+    """On OpenSearch the tuned row and search fuse inside the node (hybrid query); the tuner ranked the two recall
+    lists with ceindex's fusion code: the same ranking and score either way."""
+    run("-q", "build", *target, "--data", str(SAMPLE), "--max-length", "64", "--no-progress")
     written, out = tmp_path / "tuned.yaml", tmp_path / "report"
-    report = json.loads(run("-q", "eval", "--data", str(SAMPLE), "--index", "tune", "--systems", "hybrid-minmax",
+    report = json.loads(run("-q", "eval", *target, "--data", str(SAMPLE), "--systems", "hybrid-minmax",
                             "--tune-fusion-on", "test", "--write-config", str(written), "--out", str(out), "--json",
                             "--no-progress").stdout)
     assert report["systems"] == ["hybrid-minmax", "tuned"] and report["files"]["config"] == str(written)

@@ -186,6 +186,7 @@ def test_the_report_says_when_knn_does_not_help(tmp_path: Path, monkeypatch: pyt
     assert tuning["best_hybrid_score"] < 1.0 and tuning["best_hybrid"]["knn_weight"] > 0
     assert tuning["verdict"].startswith(
         f"k-NN does not help on train: BM25 alone 1.000 vs best hybrid {tuning['best_hybrid_score']:.3f}")
+    assert "paired t-test p = " in tuning["verdict"]
     assert tuning["verdict"].endswith("served: BM25 alone (search.knn: false)")
     assert tuning["verdict"] in report.markdown()
     assert report.scores["tuned"] == report.scores["bm25"]
@@ -211,3 +212,12 @@ def test_the_verdict_is_in_every_report_file(tmp_path: Path, monkeypatch: pytest
                               "alone ")
     assert json.loads(Path(paths["json"]).read_text())["fusion_tuning"]["verdict"] == verdict
     assert verdict in Path(paths["markdown"]).read_text() and verdict in Path(paths["html"]).read_text()
+
+
+def test_paired_p_value() -> None:
+    from ceindex.evaluation.tuning import paired_p_value
+
+    qrels = {"a": {"x": 1}, "b": {"y": 1}}
+    first = {"a": ["x"], "b": ["y"]}
+    assert paired_p_value(qrels, first, {"a": ["z", "x"], "b": ["z", "y"]}) == 0.0  # the same loss on every query
+    assert paired_p_value(qrels, first, first) is None  # no difference anywhere: no test (and no NaN in report.json)
