@@ -462,7 +462,7 @@ def create_app(pipeline: SearchPipeline, config: ServeConfig | None = None, *, a
     def healthz() -> dict[str, Any]:
         info = pipeline.backend.info(pipeline.index)
         return {"status": "ok", "index": info.name, "physical": info.physical, "documents": info.count,
-                "encoder": info.encoder.to_dict()}
+                "encoder": info.encoder.to_dict(), "fields": getattr(info, "fields", {})}  # what filters may use
 
     @app.post("/search", response_model=SearchResponse)
     async def search(body: SearchRequest, request: Request) -> dict[str, Any]:

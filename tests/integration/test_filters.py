@@ -201,6 +201,7 @@ def test_http_filter_and_offset(planted: tuple[Settings, dict]) -> None:
             response = httpx.post(f"{url}/search", json=body, timeout=60)
             assert response.status_code == 400 and message in response.json()["error"], response.text
         assert httpx.post(f"{url}/search", json={"query": "x", "offset": -1}, timeout=60).status_code == 422
+        assert httpx.get(f"{url}/healthz", timeout=60).json()["fields"] == dict(sorted(FIELDS.items()))
 
 
 @pytest.fixture()
