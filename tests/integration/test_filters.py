@@ -45,7 +45,9 @@ def planted_corpus(path: Path) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "_id": f"d{i:03d}", "title": " ".join(rng.sample(words, 3)), "text": " ".join(rng.choices(words, k=20)),
             "lang": ["en", "en", "de", "fr", "es"][i % 5], "year": 1990 + (i * 7) % 30, "score": round(rng.random(), 3),
-            "published": f"20{(i * 3) % 20:02d}-0{1 + i % 9}-1{i % 10}T0{i % 10}:30:00Z",
+            "published": [f"20{(i * 3) % 20:02d}-0{1 + i % 9}-1{i % 10}", f"20{(i * 3) % 20:02d}-0{1 + i % 9}-1{i % 10}T0{i % 10}:30Z",
+                          f"20{(i * 3) % 20:02d}-0{1 + i % 9}-1{i % 10}T0{i % 10}:30:15.250+02:00",
+                          1_000_000_000_000 + i * 86_400_000][i % 4],  # every date form both stores read
             "tags": rng.sample(["a", "b", "c", "d", "e"], rng.randrange(3)), "open": i % 3 == 0, "bucket": i % 100,
         }
         if i % 11 == 0:
