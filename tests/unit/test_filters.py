@@ -39,6 +39,18 @@ TYPES = parse_field_types({"lang": "keyword", "year": "integer", "score": "doubl
 
 
 # --- field types ------------------------------------------------------------------------------------
+def test_the_config_key_and_flag_are_checked() -> None:
+    from ceindex.config import load_settings
+
+    settings = load_settings(data={"build": {"fields": {"lang": "keyword", "tags": "keyword[]"}},
+                                   "search": {"max_depth": 200}})
+    assert settings.build.fields == {"lang": "keyword", "tags": "keyword[]"} and settings.search.max_depth == 200
+    with pytest.raises(ConfigError, match=r"build.fields.year: unknown type 'int'"):
+        load_settings(data={"build": {"fields": {"year": "int"}}})
+    with pytest.raises(ConfigError, match=r"build.fields must be dict, got \['year'\]"):
+        load_settings(data={"build": {"fields": ["year"]}})
+
+
 def test_field_types_parse_and_name_what_is_allowed() -> None:
     assert TYPES["tags"] == FieldType("keyword", True) and str(TYPES["tags"]) == "keyword[]"
     with pytest.raises(ConfigError, match=r"build.fields.year: unknown type 'int'; allowed: keyword, integer"):
