@@ -144,13 +144,13 @@ def _collect_runs(
 
 def _tune_fusion(settings: Settings, pipeline: Any, request: EvalRequest) -> FusionTuning:
     """Tune the fusion step on ``request.tune_split`` with the pipeline's own recall lists and fusion code."""
-    tuning_topics = load_topics(request.data_dir, request.tune_split or "train")
-    if request.tune_split == request.split:
-        logger.warning("fusion tuned and scored on the same split (%s): the tuned row is optimistic", request.split)
+    split = request.tune_split or "train"
+    tuning_topics = load_topics(request.data_dir, split)
+    if split == request.split and request.queries_file is None:
+        logger.warning("fusion tuned and scored on the same split (%s): the tuned row is optimistic", split)
     lists = collect_stage_lists(pipeline, tuning_topics.queries, depth=request.depth,
                                 batch_size=max(8, request.query_batch), progress=request.progress)
-    return tune_fusion(tuning_topics.qrels, lists, split=request.tune_split or "train", depth=request.depth,
-                       configured=settings.search)
+    return tune_fusion(tuning_topics.qrels, lists, split=split, depth=request.depth, configured=settings.search)
 
 
 def _tuned_system(tuning: FusionTuning) -> System:

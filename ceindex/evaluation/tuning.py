@@ -25,11 +25,11 @@ from tqdm.auto import tqdm
 from ceindex.backends import Hit
 from ceindex.config import SearchConfig, Settings
 from ceindex.data.files import atomic_write_text
+from ceindex.evaluation.report import comparable_run
+from ceindex.evaluation.runner import SystemRun, ranked_scores
 from ceindex.models import encoder_config_from_description
 from ceindex.models.base import EncoderDescription
 from ceindex.redact import redact
-from ceindex.evaluation.report import comparable_run
-from ceindex.evaluation.runner import SystemRun, ranked_scores
 from search_pipeline import SearchPipeline, fuse_recall
 
 logger = logging.getLogger(__name__)
