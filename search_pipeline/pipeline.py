@@ -23,6 +23,7 @@ from search_pipeline.fusion import fuse_recall
 logger = logging.getLogger(__name__)
 
 MAX_K = 1000
+MAX_DEPTH = 10_000  # deepest page position: OpenSearch's and Elasticsearch's default result window and k-NN k
 STAGES = ("encode", "bm25", "knn", "fusion", "fetch", "rerank")
 
 
@@ -63,6 +64,8 @@ def validate_search_config(config: SearchConfig) -> None:
             raise ConfigError(f"search.{name} must be >= 1, got {getattr(config, name)}")
     if config.recall_n > MAX_K:
         raise ConfigError(f"search.recall_n must be <= {MAX_K}, got {config.recall_n}")
+    if config.max_depth > MAX_DEPTH:
+        raise ConfigError(f"search.max_depth must be <= {MAX_DEPTH} (the engines' result window), got {config.max_depth}")
     if config.server_fusion not in SERVER_FUSIONS:
         raise ConfigError(f"search.server_fusion must be {', '.join(SERVER_FUSIONS[:-1])} or {SERVER_FUSIONS[-1]}; "
                           f"got {config.server_fusion!r}")

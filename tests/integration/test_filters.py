@@ -18,7 +18,7 @@ import pytest
 
 from ceindex.backends import open_backend
 from ceindex.config import BuildConfig, OpenSearchConfig, SearchConfig, Settings
-from ceindex.errors import InputError
+from ceindex.errors import ConfigError, InputError
 from ceindex.filters import check_metadata, matches, parse_field_types, parse_filter
 from ceindex.models import EncoderConfig, load_encoder
 from indexer.build import build_index
@@ -181,6 +181,8 @@ def test_bad_filters_and_pages_are_input_errors(planted: tuple[Settings, dict]) 
         pipeline.search("x", k=11, offset=40)
     with pytest.raises(InputError, match="offset must be an integer >= 0"):
         pipeline.search("x", offset=-1)
+    with pytest.raises(ConfigError, match=r"search.max_depth must be <= 10000 \(the engines' result window\)"):
+        _pipeline(settings, max_depth=10_001)
     assert pipeline.search("plants", k=10, offset=40).hits[0].rank == 41
 
 
