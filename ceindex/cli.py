@@ -46,7 +46,7 @@ def cli(verbose: int, quiet: bool) -> None:
     for noisy in ("httpx", "transformers", "sentence_transformers", "bm25s"):
         logging.getLogger(noisy).setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
     # each failed cluster request is logged there with a full traceback; ceindex logs one line per retry instead
-    for chatty in ("opensearch", "urllib3"):
+    for chatty in ("opensearch", "elasticsearch", "elastic_transport", "urllib3"):
         logging.getLogger(chatty).setLevel(logging.ERROR if verbose < 2 else logging.DEBUG)
 
 

@@ -35,6 +35,7 @@ HOME_ENV = "CEINDEX_HOME"
 USER_ENV = "CEINDEX_OPENSEARCH_USER"
 PASSWORD_ENV = "CEINDEX_OPENSEARCH_PASSWORD"
 API_KEY_ENV = "CEINDEX_API_KEY"
+CLUSTER_URL_ENV = "CEINDEX_CLUSTER_URL"
 
 
 FUSIONS = ("rrf", "minmax")
@@ -45,7 +46,10 @@ _opt = setting  # field(default, metadata={"flag", "help"[, "choices", "metavar"
 
 @dataclass(frozen=True)
 class OpenSearchConfig:
-    url: str | None = _opt(None, "--opensearch", "OpenSearch URL, e.g. https://localhost:9200. Unset = embedded on-disk backend.")
+    url: str | None = field(default=None, metadata={
+        "flag": "--cluster", "aliases": ("--opensearch",), "envvar": CLUSTER_URL_ENV,
+        "help": "Cluster URL, e.g. https://localhost:9200: OpenSearch 2.x or Elasticsearch 8.x, detected on connect "
+                f"(--opensearch is the old name; env ${CLUSTER_URL_ENV}). Unset = embedded on-disk backend."})
     verify_certs: bool = _opt(True, "--verify-certs/--no-verify-certs", "Verify the cluster's TLS certificate.")
     ca_certs: str | None = _opt(None, "--ca-certs", "CA bundle (PEM) used to verify the cluster's certificate.")
     timeout: float = _opt(30.0, "--timeout", "Seconds to wait for one cluster request.")
@@ -317,7 +321,7 @@ def check_cluster_url(url: str) -> None:
             problem = "its port is outside 1-65535"
     if problem:
         raise ConfigError(
-            f"the cluster URL (--opensearch) is not valid: {problem}; write it as https://HOST:PORT "
+            f"the cluster URL (--cluster / --opensearch) is not valid: {problem}; write it as https://HOST:PORT "
             f"(credentials: ${USER_ENV} / ${PASSWORD_ENV}, or percent-encoded in the URL)"
         )
 

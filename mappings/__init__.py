@@ -39,7 +39,12 @@ def index_body(
     vector["dimension"] = dims
     vector["method"]["parameters"] = {"m": m, "ef_construction": ef_construction}
     body["mappings"]["_meta"] = meta
+    add_metadata_fields(body, fields)
+    return body
+
+
+def add_metadata_fields(body: dict[str, Any], fields: Mapping[str, str] | None) -> None:
+    """Map the typed metadata ``fields`` under ``metadata`` in a create-index ``body`` (both engines alike)."""
     if fields:
         metadata = body["mappings"]["properties"]["metadata"]
         metadata["properties"] = {name: dict(FIELD_MAPPINGS[kind.removesuffix("[]")]) for name, kind in fields.items()}
-    return body

@@ -74,6 +74,20 @@ URL_ENV = "CEINDEX_TEST_OPENSEARCH_URL"
 NODE_FIXTURES = ("opensearch_url", "opensearch_node", "_session_opensearch_node",
                  "elasticsearch_url", "elasticsearch_node", "_session_elasticsearch_node")
 BACKEND_PARAMS = ["embedded", pytest.param("opensearch", marks=pytest.mark.integration)]
+# the same, with the Elasticsearch 8.19 node too (for the tests whose fixtures take the URL from ``cluster_url``)
+ALL_BACKEND_PARAMS = [*BACKEND_PARAMS, pytest.param("elasticsearch", marks=pytest.mark.integration)]
+CLUSTER_FIXTURES = {"opensearch": ("opensearch_url", "opensearch_node"),
+                    "elasticsearch": ("elasticsearch_url", "elasticsearch_node")}
+
+
+def cluster_url(request: pytest.FixtureRequest, backend: str) -> str | None:
+    """The test node's URL for a cluster ``backend`` param, None for the embedded one."""
+    return request.getfixturevalue(CLUSTER_FIXTURES[backend][0]) if backend in CLUSTER_FIXTURES else None
+
+
+def cluster_node(request: pytest.FixtureRequest, backend: str):
+    """The test node itself (for kill/restart) of a cluster ``backend`` param, None for the embedded one."""
+    return request.getfixturevalue(CLUSTER_FIXTURES[backend][1]) if backend in CLUSTER_FIXTURES else None
 
 
 @pytest.fixture(autouse=True)

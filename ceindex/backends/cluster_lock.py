@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from ceindex.backends.base import lock_holder
@@ -29,17 +30,33 @@ _HELD_TOKENS: set[str] = set()  # tokens of the locks this process holds right n
 _PROCESS = uuid.uuid4().hex  # this process, unlike (host name, pid), which containers repeat
 
 
+@dataclass(frozen=True)
+class ClientErrors:
+    """The exception classes of one cluster client (opensearch-py or elasticsearch-py), so the code that drives
+    either can tell a missing index, a version conflict or a refused login apart."""
+
+    not_found: type[Exception]
+    conflict: type[Exception]
+    bad_request: type[Exception]
+    unauthorized: type[Exception]
+    forbidden: type[Exception]
+    timeout: type[Exception]
+    tls: type[Exception]
+    connection: type[Exception]
+    api: tuple[type[Exception], ...]  # every error of the client that is to be translated into a BackendError
+
+
 class LostLock(BackendError):
     """Another builder took this build's lock over; the build stops without publishing."""
 
 
 class ClusterBuildLock:
-    """Build locks on one cluster (``client``: an opensearch-py client; ``translate``: turns its errors into
-    BackendError; ``conflict``: the error for a lock held by someone else)."""
+    """Build locks on one cluster (``client``: an opensearch-py or elasticsearch-py client; ``translate``: turns its
+    errors into BackendError; ``conflict``: the error for a lock held by someone else; ``errors``: its classes)."""
 
     def __init__(self, client: Any, translate: Callable[[Exception, str], BackendError],
-                 conflict: Callable[[str, str], BackendError]) -> None:
-        self.client, self._translate, self._conflict = client, translate, conflict
+                 conflict: Callable[[str, str], BackendError], errors: ClientErrors) -> None:
+        self.client, self._translate, self._conflict, self.errors = client, translate, conflict, errors
         self._lost: dict[str, threading.Event] = {}
         self._tokens: dict[str, str] = {}
         self.heartbeat_s, self.stale_s = HEARTBEAT_S, STALE_S
@@ -91,23 +108,19 @@ class ClusterBuildLock:
                 "token": token, "heartbeat": time.time()}
 
     def _ensure_index(self) -> None:
-        from opensearchpy import RequestError
-
         try:
             if self.client.indices.exists(index=LOCKS_INDEX):
                 return
             body = {"settings": {"index": {"number_of_shards": 1, "auto_expand_replicas": "0-1"}},
                     "mappings": {"dynamic": False, "properties": {}}}
             self.client.indices.create(index=LOCKS_INDEX, body=body)
-        except RequestError as exc:  # created by a concurrent builder in between
+        except self.errors.bad_request as exc:  # created by a concurrent builder in between
             if "already_exists" not in str(exc):
                 raise self._translate(exc, "creating the build-lock index") from exc
         except Exception as exc:  # noqa: BLE001
             raise self._translate(exc, "creating the build-lock index") from exc
 
     def _acquire(self, alias: str, token: str) -> tuple[int, int]:
-        from opensearchpy import ConflictError, NotFoundError
-
         watched: tuple[int, int] | None = None
         deadline = 0.0
         while True:
@@ -115,13 +128,13 @@ class ClusterBuildLock:
                 done = self.client.index(index=LOCKS_INDEX, id=alias, body=self._body(token), op_type="create",
                                          refresh=True)
                 return done["_seq_no"], done["_primary_term"]
-            except ConflictError:
+            except self.errors.conflict:
                 pass
             except Exception as exc:  # noqa: BLE001
                 raise self._translate(exc, f"taking the build lock of {alias}") from exc
             try:
                 held = self.client.get(index=LOCKS_INDEX, id=alias)
-            except NotFoundError:
+            except self.errors.not_found:
                 continue  # released between our create and our read: try the create again
             except Exception as exc:  # noqa: BLE001
                 raise self._translate(exc, f"reading the build lock of {alias}") from exc
@@ -141,20 +154,18 @@ class ClusterBuildLock:
             try:
                 done = self.client.index(index=LOCKS_INDEX, id=alias, body=self._body(token), refresh=True,
                                          if_seq_no=seen[0], if_primary_term=seen[1])
-            except ConflictError:
+            except self.errors.conflict:
                 raise self._conflict(alias, "another builder that took it over at the same moment") from None
             return done["_seq_no"], done["_primary_term"]
 
     def _heartbeat(self, alias: str, token: str, version: list[tuple[int, int]], lost: threading.Event,
                    stop: threading.Event) -> None:
-        from opensearchpy import ConflictError
-
         while not stop.wait(self.heartbeat_s):
             try:
                 done = self.client.index(index=LOCKS_INDEX, id=alias, body=self._body(token),
                                          if_seq_no=version[0][0], if_primary_term=version[0][1])
                 version[0] = (done["_seq_no"], done["_primary_term"])
-            except ConflictError:
+            except self.errors.conflict:
                 logger.error("the build lock of %s was taken over by another builder", alias)
                 lost.set()
                 return
@@ -162,14 +173,12 @@ class ClusterBuildLock:
                 logger.debug("build lock heartbeat of %s failed: %s", alias, exc)
 
     def _release(self, alias: str, version: tuple[int, int], lost: threading.Event) -> None:
-        from opensearchpy import ConflictError, NotFoundError
-
         if lost.is_set():
             return
         try:
             self.client.delete(index=LOCKS_INDEX, id=alias, refresh=True, if_seq_no=version[0],
                                if_primary_term=version[1])
-        except (NotFoundError, ConflictError):
+        except (self.errors.not_found, self.errors.conflict):
             pass  # no longer ours: never delete another builder's lock
         except Exception as exc:  # noqa: BLE001 - a stale lock is taken over later
             logger.warning("could not release the build lock of %s (%s: %s); the next build takes it over after "

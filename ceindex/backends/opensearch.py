@@ -2,28 +2,22 @@
 from __future__ import annotations
 
 import logging
-import time
-from contextlib import AbstractContextManager
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from ceindex.backends.base import COMPLETE, Backend, BuildState, Hit, IndexInfo, IndexSettings
-from ceindex.backends.cluster_lock import ClusterBuildLock
+from ceindex.backends.base import BuildState, Hit, IndexSettings
+from ceindex.backends.cluster import RETRY_STATUSES, ClusterBackend, with_backoff
+from ceindex.backends.cluster_lock import ClientErrors
 from ceindex.backends.query_dsl import knn_query, match_query
-from ceindex.backends.names import index_name, is_physical_of, searchable_name
+from ceindex.backends.names import searchable_name
 from ceindex.config import FUSIONS, OpenSearchConfig, opensearch_credentials
-from ceindex.data.corpus import Document, Rejected
-from ceindex.models.base import EncoderDescription
 from ceindex.errors import BackendError
 from ceindex.filters import Filter
-from ceindex.redact import redact
 from mappings import index_body
 
 logger = logging.getLogger(__name__)
 
-SOURCE_FIELDS = ["doc_id", "title", "text", "metadata"]
-RETRY_STATUSES = (429, 502, 503, 504)
 
 
 def _backoff_transport() -> type:
@@ -40,18 +34,12 @@ def _backoff_transport() -> type:
             self.retries, self.max_retries = self.max_retries, 0
 
         def perform_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-            for attempt in range(self.retries + 1):
-                try:
-                    return super().perform_request(method, url, *args, **kwargs)
-                except TransportError as exc:
-                    retryable = isinstance(exc, (OSConnectionError, ConnectionTimeout)) or exc.status_code in RETRY_STATUSES
-                    if not retryable or attempt == self.retries:
-                        raise
-                    delay = min(10.0, 0.5 * 2**attempt)
-                    logger.warning("OpenSearch %s %s failed (%s); retry %d of %d in %.1f s",
-                                   method, url, type(exc).__name__, attempt + 1, self.retries, delay)
-                    time.sleep(delay)
-            raise AssertionError("unreachable")
+            def retryable(exc: Exception) -> bool:
+                return isinstance(exc, (OSConnectionError, ConnectionTimeout)) or (
+                    isinstance(exc, TransportError) and exc.status_code in RETRY_STATUSES)
+
+            return with_backoff(lambda: super(BackoffTransport, self).perform_request(method, url, *args, **kwargs),
+                                self.retries, retryable, f"OpenSearch {method} {url}")
 
     return BackoffTransport
 
@@ -78,43 +66,20 @@ def make_client(config: OpenSearchConfig) -> Any:
     )
 
 
-def _translate(exc: Exception, url: str, action: str) -> BackendError:
-    url = redact(url)
+def client_errors() -> ClientErrors:
     from opensearchpy import exceptions as osx
 
-    if isinstance(exc, osx.AuthenticationException):
-        return BackendError(
-            f"OpenSearch at {url} refused the credentials while {action} (HTTP 401); "
-            "set CEINDEX_OPENSEARCH_USER and CEINDEX_OPENSEARCH_PASSWORD"
-        )
-    if isinstance(exc, osx.AuthorizationException):
-        return BackendError(f"OpenSearch at {url} denied permission while {action} (HTTP 403): {exc.error}")
-    if isinstance(exc, osx.ConnectionTimeout):
-        return BackendError(f"OpenSearch at {url} timed out while {action}; raise --timeout or check the cluster")
-    if isinstance(exc, osx.SSLError) and _plain_http_answer(exc):
-        return BackendError(
-            f"{url} does not speak TLS (the server answered in plain HTTP) while {action}; "
-            f"use {url.replace('https://', 'http://', 1)} instead"
-        )
-    if isinstance(exc, osx.SSLError):
-        return BackendError(
-            f"TLS failure talking to {url} while {action}: {exc.info if hasattr(exc, 'info') else exc}; "
-            "pass the cluster's CA bundle with --ca-certs (or --no-verify-certs for a throwaway test cluster)"
-        )
-    if isinstance(exc, osx.ConnectionError):
-        return BackendError(f"cannot reach OpenSearch at {url} while {action}: is the cluster running?")
-    if isinstance(exc, osx.TransportError):
-        return BackendError(redact(f"OpenSearch at {url} failed while {action}: HTTP {exc.status_code} {exc.error}: {exc.info}"))
-    return BackendError(redact(f"OpenSearch at {url} failed while {action}: {exc}"))
+    return ClientErrors(
+        not_found=osx.NotFoundError, conflict=osx.ConflictError, bad_request=osx.RequestError,
+        unauthorized=osx.AuthenticationException, forbidden=osx.AuthorizationException,
+        timeout=osx.ConnectionTimeout, tls=osx.SSLError, connection=osx.ConnectionError,
+        api=(osx.TransportError, osx.ImproperlyConfigured),
+    )
 
 
-def _plain_http_answer(exc: Exception) -> bool:
-    """Whether a TLS handshake failed because the port speaks plain HTTP (OpenSSL: wrong version number)."""
-    text = f"{exc} {getattr(exc, 'info', '')}".lower()
-    return "wrong version number" in text or "record layer failure" in text or "http request" in text
+class OpenSearchBackend(ClusterBackend):
+    ENGINE = "OpenSearch"
 
-
-class OpenSearchBackend(Backend):
     def __init__(
         self,
         config: OpenSearchConfig,
@@ -124,74 +89,15 @@ class OpenSearchBackend(Backend):
         client: Any | None = None,
     ) -> None:
         self.config = config
-        self.chunk_docs = chunk_docs
-        self.chunk_bytes = chunk_bytes
-        self.url = redact(config.url or "")  # for messages: never the credentials
-        self.client = client or make_client(config)
-        self.locks = ClusterBuildLock(self.client, lambda exc, action: _translate(exc, self.url, action),
-                                      self.lock_conflict)
+        super().__init__(client or make_client(config), config.url or "", client_errors(),
+                         max_retries=config.max_retries, chunk_docs=chunk_docs, chunk_bytes=chunk_bytes)
         self._neural_search: bool | None = None
         self._pipelines: set[str] = set()
 
-    def _call(self, action: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        from opensearchpy import exceptions as osx
+    def _streaming_bulk(self) -> Any:
+        from opensearchpy import helpers
 
-        try:
-            return fn(*args, **kwargs)
-        except (osx.TransportError, osx.ImproperlyConfigured) as exc:
-            raise _translate(exc, self.url, action) from exc
-
-    def ping(self) -> dict[str, Any]:
-        return self._call("connecting", self.client.info)
-
-    # --- building ---------------------------------------------------------------------------
-    def _metas(self, pattern: str) -> dict[str, dict[str, Any]]:
-        from opensearchpy import NotFoundError
-
-        try:
-            mappings = self.client.indices.get_mapping(index=pattern, allow_no_indices=True, expand_wildcards="open")
-        except NotFoundError:
-            return {}
-        except Exception as exc:  # noqa: BLE001 - translated below
-            raise _translate(exc, self.url, f"reading index metadata for {pattern}") from exc
-        return {name: body.get("mappings", {}).get("_meta", {}) for name, body in mappings.items()}
-
-    def build_metas(self, alias: str) -> dict[str, dict[str, Any]]:
-        metas = self._metas(f"{index_name(alias)}-*")
-        return {name: meta for name, meta in metas.items() if is_physical_of(name, alias)}
-
-    def _alias_targets(self, alias: str) -> list[str]:
-        from opensearchpy import NotFoundError
-
-        try:
-            found = self.client.indices.get_alias(name=index_name(alias))
-        except NotFoundError:
-            return []
-        except Exception as exc:  # noqa: BLE001
-            raise _translate(exc, self.url, f"reading alias {alias}") from exc
-        return sorted(found)
-
-    def alias_target(self, alias: str) -> str | None:
-        targets = self._alias_targets(alias)
-        return targets[-1] if targets else None
-
-    def current_encoder(self, alias: str) -> EncoderDescription | None:
-        index_name(alias)
-        if self._call("checking the index name", self.client.indices.exists, index=alias) and not self._alias_targets(alias):
-            raise BackendError(
-                f"'{alias}' is a concrete index on {self.url}, not a ceindex alias; choose another --index name "
-                "or delete that index"
-            )
-        targets = self._alias_targets(alias)
-        if not targets:
-            return None
-        meta = self._metas(targets[0]).get(targets[0], {})
-        if "encoder" not in meta:
-            raise BackendError(f"index {targets[0]} behind alias '{alias}' has no ceindex metadata (_meta.encoder)")
-        return EncoderDescription.from_dict(meta["encoder"])
-
-    def build_lock(self, alias: str) -> AbstractContextManager[None]:
-        return self.locks.hold(index_name(alias))
+        return helpers.streaming_bulk
 
     def create(self, state: BuildState, settings: IndexSettings) -> None:
         body = index_body(
@@ -204,135 +110,7 @@ class OpenSearchBackend(Backend):
         )
         self._call(f"creating index {state.physical}", self.client.indices.create, index=state.physical, body=body)
 
-    def _actions(self, state: BuildState, docs: Sequence[Document], vectors: np.ndarray) -> Iterator[dict[str, Any]]:
-        for doc, vector in zip(docs, vectors):
-            yield {
-                "_op_type": "index",
-                "_index": state.physical,
-                "_id": doc.id,
-                "_source": {
-                    "doc_id": doc.id,
-                    "title": doc.title,
-                    "text": doc.text,
-                    "metadata": doc.metadata,
-                    "vector": [float(x) for x in vector],
-                },
-            }
-
-    def write(self, state: BuildState, docs: Sequence[Document], vectors: np.ndarray) -> list[Rejected]:
-        from opensearchpy import helpers
-
-        by_id = {doc.id: doc for doc in docs}
-        rejects: list[Rejected] = []
-        try:
-            for ok, item in helpers.streaming_bulk(
-                self.client,
-                self._actions(state, docs, vectors),
-                chunk_size=self.chunk_docs,
-                max_chunk_bytes=self.chunk_bytes,
-                raise_on_error=False,
-                max_retries=self.config.max_retries,
-                initial_backoff=1,
-                max_backoff=30,
-            ):
-                if ok:
-                    continue
-                result = next(iter(item.values()))
-                doc = by_id.get(str(result.get("_id")))
-                error = result.get("error", {})
-                reason = error.get("reason", str(error)) if isinstance(error, dict) else str(error)
-                rejects.append(
-                    Rejected(
-                        source="opensearch",
-                        line=doc.line if doc else 0,
-                        id=result.get("_id"),
-                        reason=f"rejected by OpenSearch (HTTP {result.get('status')}): {reason}",
-                    )
-                )
-        except Exception as exc:  # noqa: BLE001
-            raise _translate(exc, self.url, f"bulk-writing into {state.physical}; rerun the same command to resume") from exc
-        return rejects
-
-    def commit(self, state: BuildState) -> None:
-        self.locks.check(state.alias)
-        self._call(
-            f"recording progress in {state.physical}",
-            self.client.indices.put_mapping,
-            index=state.physical,
-            body={"_meta": state.to_meta()},
-        )
-
-    def seal(self, state: BuildState, settings: IndexSettings) -> int:
-        self.locks.check(state.alias)
-        physical = state.physical
-        self._call(
-            "restoring index settings",
-            self.client.indices.put_settings,
-            index=physical,
-            body={"index": {"refresh_interval": None, "number_of_replicas": settings.replicas}},
-        )
-        self._call("refreshing", self.client.indices.refresh, index=physical)
-        count = int(self._call("counting", self.client.count, index=physical)["count"])
-        state.status = COMPLETE
-        self.commit(state)
-        return count
-
-    def publish(self, state: BuildState) -> None:
-        self.locks.check(state.alias, verify=True)
-        physical = state.physical
-        actions: list[dict[str, Any]] = [
-            {"remove": {"index": old, "alias": state.alias}} for old in self._alias_targets(state.alias) if old != physical
-        ]
-        actions.append({"add": {"index": physical, "alias": state.alias}})
-        self._call(f"moving alias {state.alias}", self.client.indices.update_aliases, body={"actions": actions})
-        logger.info("alias %s -> %s", state.alias, physical)
-
-    def prune(self, alias: str) -> list[str]:
-        self.locks.check(alias, verify=True)
-        current = set(self._alias_targets(alias))
-        old = [name for name, meta in self.build_metas(alias).items() if meta.get("alias") == alias and name not in current]
-        for name in sorted(old):
-            self._call(f"deleting {name}", self.client.indices.delete, index=name)
-        return sorted(old)
-
     # --- searching --------------------------------------------------------------------------
-    def info(self, name: str) -> IndexInfo:
-        from opensearchpy import NotFoundError
-
-        searchable_name(name)
-        try:
-            mapping = self.client.indices.get_mapping(index=name)
-        except NotFoundError:
-            raise BackendError(
-                f"no index or alias named '{name}' on {self.url}; build one with `ceindex build --index {name} ...`"
-            ) from None
-        except Exception as exc:  # noqa: BLE001
-            raise _translate(exc, self.url, f"reading index {name}") from exc
-        physical, body = sorted(mapping.items())[-1]
-        meta = body.get("mappings", {}).get("_meta", {})
-        if "encoder" not in meta:
-            raise BackendError(f"index '{name}' on {self.url} was not built by ceindex (no _meta.encoder)")
-        count = int(self._call("counting", self.client.count, index=name)["count"])
-        return IndexInfo(name=name, physical=physical, encoder=EncoderDescription.from_dict(meta["encoder"]), count=count,
-                         fields=dict(meta.get("fields") or {}))
-
-    def _msearch(self, name: str, bodies: list[dict[str, Any]], action: str) -> list[list[Hit]]:
-        searchable_name(name)
-        if not bodies:
-            return []
-        lines: list[dict[str, Any]] = []
-        for body in bodies:
-            lines.extend(({"index": name}, body))
-        response = self._call(action, self.client.msearch, body=lines)
-        results = []
-        for item in response["responses"]:
-            if "error" in item:
-                error = item["error"]
-                raise BackendError(f"OpenSearch {action} on '{name}' failed: {error.get('reason', error) if isinstance(error, dict) else error}")
-            hits = item["hits"]["hits"]
-            results.append([Hit(h["_id"], float(h["_score"]), rank) for rank, h in enumerate(hits, start=1)])
-        return results
-
     def bm25(self, name: str, queries: Sequence[str], n: int, filter: Filter | None = None) -> list[list[Hit]]:
         bodies = [{"size": n, "_source": False, "query": match_query(q, filter)} for q in queries]
         return self._msearch(name, bodies, "BM25 search")
@@ -414,18 +192,3 @@ class OpenSearchBackend(Backend):
             hits = sorted(response["hits"]["hits"], key=lambda h: (-float(h["_score"]), h["_id"]))
             results.append([Hit(h["_id"], float(h["_score"]), rank) for rank, h in enumerate(hits, start=1)])
         return results
-
-    def fetch(self, name: str, ids: Sequence[str]) -> dict[str, Document]:
-        searchable_name(name)
-        if not ids:
-            return {}
-        response = self._call("fetching documents", self.client.mget, index=name, body={"ids": list(ids)}, _source_includes=SOURCE_FIELDS)
-        out = {}
-        for doc in response["docs"]:
-            if doc.get("found"):
-                src = doc["_source"]
-                out[doc["_id"]] = Document(id=doc["_id"], title=src.get("title", ""), text=src.get("text", ""), metadata=src.get("metadata") or {})
-        return out
-
-    def close(self) -> None:
-        self.client.close()

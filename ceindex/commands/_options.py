@@ -34,6 +34,10 @@ def option_help(dotted: str, f: Field) -> str:
 def _option_for(cls: type, dotted: str, f: Field) -> Callable:
     flag, param = f.metadata["flag"], dotted.replace(".", "__")
     common: dict[str, Any] = {"cls": SettingOption, "setting": dotted, "default": None, "help": option_help(dotted, f)}
+    if "envvar" in f.metadata:  # e.g. CEINDEX_CLUSTER_URL: between the config file and the flag
+        common.update(envvar=f.metadata["envvar"], show_envvar=True)
+    if f.metadata.get("aliases"):  # old names that keep working, e.g. --opensearch for --cluster
+        return click.option(flag, *f.metadata["aliases"], param, type=value_type(cls, f), **common)
     if "/" in flag:
         return click.option(flag, param, **common)
     if value_type(cls, f) is dict:  # a mapping setting (build.fields): a repeatable NAME=VALUE flag

@@ -14,15 +14,15 @@ from ceindex.config import BuildConfig, OpenSearchConfig, Settings
 from ceindex.errors import BackendError, EncoderMismatchError
 from ceindex.models import EncoderConfig, load_encoder
 from indexer.build import build_index
-from tests.conftest import BACKEND_PARAMS, SAMPLE
+from tests.conftest import ALL_BACKEND_PARAMS, SAMPLE, cluster_node, cluster_url
 
 
-@pytest.fixture(params=BACKEND_PARAMS)
+@pytest.fixture(params=ALL_BACKEND_PARAMS)
 def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     base = Settings(index=f"t{uuid.uuid4().hex[:8]}", home=str(tmp_path / "home"),
                     build=BuildConfig(encode_batch_docs=5, chunk_docs=4))
-    if request.param == "opensearch":
-        url = request.getfixturevalue("opensearch_url")
+    url = cluster_url(request, request.param)
+    if url:
         base = replace(base, opensearch=OpenSearchConfig(url=url, max_retries=1, timeout=10))
     return base
 
@@ -141,7 +141,7 @@ def test_resume_after_crash_loses_and_doubles_nothing(settings: Settings, encode
     settings = replace(settings, build=replace(settings.build, allow_rejects=True))
     corpus = _corpus(tmp_path, [json.dumps({"text": "bad row before the crash"})])
     backend = open_backend(settings)
-    node = request.getfixturevalue("opensearch_node") if settings.opensearch.url else None
+    node = cluster_node(request, request.node.callspec.params["settings"])  # the real node, killed mid-build
     real_write, writes = backend.write, []
 
     def crashing_write(state, docs, vectors):

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from ceindex.cli import cli
-from tests.conftest import BACKEND_PARAMS, SAMPLE
+from tests.conftest import ALL_BACKEND_PARAMS, SAMPLE, cluster_url
 
 
 @pytest.fixture()
@@ -25,12 +25,13 @@ def run(ceindex_home: Path, tiny_ce_dir: Path, monkeypatch: pytest.MonkeyPatch):
     return invoke
 
 
-@pytest.fixture(params=BACKEND_PARAMS)
+@pytest.fixture(params=ALL_BACKEND_PARAMS)
 def target(request: pytest.FixtureRequest) -> list[str]:
     """The flags that pick the backend, and a fresh index name (the OpenSearch node is shared by the session)."""
     index = ["--index", f"cli-{uuid.uuid4().hex[:8]}"]
-    if request.param == "opensearch":
-        return ["--opensearch", request.getfixturevalue("opensearch_url"), *index]
+    url = cluster_url(request, request.param)
+    if url:  # --cluster detects the engine; --opensearch stays as its old name
+        return ["--cluster" if request.param == "elasticsearch" else "--opensearch", url, *index]
     return index
 
 

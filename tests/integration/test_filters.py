@@ -24,7 +24,8 @@ from ceindex.models import EncoderConfig, load_encoder
 from indexer.build import build_index
 from search_pipeline import SearchPipeline
 from search_pipeline.server import create_app
-from tests.conftest import BACKEND_PARAMS, SAMPLE
+from ceindex.backends.detect import detect_engine
+from tests.conftest import ALL_BACKEND_PARAMS, SAMPLE, cluster_url
 from tests.serving import serving
 from tests.unit.test_filters import random_filter
 
@@ -57,7 +58,7 @@ def planted_corpus(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-@pytest.fixture(scope="module", params=BACKEND_PARAMS)
+@pytest.fixture(scope="module", params=ALL_BACKEND_PARAMS)
 def planted(request: pytest.FixtureRequest, tiny_ce_dir: Path,
             tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, dict[str, dict[str, Any]]]:
     home = tmp_path_factory.mktemp("filters")
@@ -66,8 +67,9 @@ def planted(request: pytest.FixtureRequest, tiny_ce_dir: Path,
                         encoder=EncoderConfig(model=str(tiny_ce_dir), layer=1, max_length=64),
                         build=BuildConfig(fields=FIELDS),
                         search=SearchConfig(recall_n=40, rerank_top=10, rerank_max_length=64))
-    if request.param == "opensearch":
-        settings = replace(settings, opensearch=OpenSearchConfig(url=request.getfixturevalue("opensearch_url")))
+    url = cluster_url(request, request.param)
+    if url:
+        settings = replace(settings, opensearch=OpenSearchConfig(url=url))
     backend = open_backend(settings)
     try:
         summary = build_index(backend, load_encoder(settings.encoder), home / "corpus.jsonl", settings.index,
@@ -155,8 +157,8 @@ def test_server_and_client_fusion_agree_under_a_filter(planted: tuple[Settings, 
     settings, metadata = planted
     server = _pipeline(settings, fusion=fusion, rerank=False, server_fusion="auto")
     client = _pipeline(settings, fusion=fusion, rerank=False, server_fusion="off")
-    if not settings.opensearch.url:
-        assert not server.uses_server_fusion  # the embedded backend fuses in ceindex only
+    if not settings.opensearch.url or detect_engine(settings.opensearch).name != "opensearch":
+        assert not server.uses_server_fusion  # the embedded and Elasticsearch backends fuse in ceindex only
         return
     assert server.uses_server_fusion
     for raw in ({"term": {"lang": "de"}}, {"range": {"published": {"gte": "2010-01-01"}}}, RARE):

@@ -14,17 +14,19 @@ from ceindex.errors import BackendError, ConfigError, EncoderMismatchError, Inpu
 from ceindex.models import EncoderConfig, load_encoder
 from indexer.build import build_index
 from search_pipeline import SearchPipeline
-from tests.conftest import BACKEND_PARAMS, SAMPLE
+from ceindex.backends.detect import detect_engine
+from tests.conftest import ALL_BACKEND_PARAMS, SAMPLE, cluster_url
 
 
-@pytest.fixture(scope="module", params=BACKEND_PARAMS)
+@pytest.fixture(scope="module", params=ALL_BACKEND_PARAMS)
 def built(request: pytest.FixtureRequest, tiny_ce_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     home = tmp_path_factory.mktemp("home")
     settings = Settings(index=f"p{uuid.uuid4().hex[:8]}", home=str(home),
                         encoder=EncoderConfig(model=str(tiny_ce_dir), layer=1, max_length=64),
                         search=SearchConfig(recall_n=20, rerank_top=5, rerank_max_length=64))
-    if request.param == "opensearch":
-        settings = replace(settings, opensearch=OpenSearchConfig(url=request.getfixturevalue("opensearch_url")))
+    url = cluster_url(request, request.param)
+    if url:
+        settings = replace(settings, opensearch=OpenSearchConfig(url=url))
     backend = open_backend(settings)
     try:
         build_index(backend, load_encoder(settings.encoder), corpus_path(SAMPLE, None), settings.index,
@@ -82,7 +84,7 @@ def test_server_and_client_fusion_rank_alike(built: Settings, fusion: str) -> No
     server = _pipeline(built, fusion=fusion, rerank=False, server_fusion="auto")
     client = _pipeline(built, fusion=fusion, rerank=False, server_fusion="off")
     assert not client.uses_server_fusion
-    if not built.opensearch.url:
+    if not built.opensearch.url or detect_engine(built.opensearch).name != "opensearch":  # embedded, Elasticsearch
         assert not server.uses_server_fusion
         with pytest.raises(ConfigError, match="server_fusion is 'on'"):
             _pipeline(built, server_fusion="on").search("x")

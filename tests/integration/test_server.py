@@ -17,7 +17,7 @@ from ceindex.models import EncoderConfig, load_encoder
 from indexer.build import build_index
 from search_pipeline import SearchPipeline
 from search_pipeline.server import create_app
-from tests.conftest import BACKEND_PARAMS, SAMPLE
+from tests.conftest import ALL_BACKEND_PARAMS, SAMPLE, cluster_url
 from tests.serving import serving
 
 
@@ -42,13 +42,13 @@ def server(tiny_ce_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     yield from _serve(tiny_ce_dir, tmp_path_factory.mktemp("serve-home"))
 
 
-@pytest.fixture(scope="module", params=BACKEND_PARAMS)
+@pytest.fixture(scope="module", params=ALL_BACKEND_PARAMS)
 def any_server(request: pytest.FixtureRequest, tiny_ce_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A server on each backend (the embedded one is ``server`` itself)."""
     if request.param == "embedded":
         yield request.getfixturevalue("server")
         return
-    yield from _serve(tiny_ce_dir, tmp_path_factory.mktemp("serve-home"), request.getfixturevalue("opensearch_url"))
+    yield from _serve(tiny_ce_dir, tmp_path_factory.mktemp("serve-home"), cluster_url(request, request.param))
 
 
 def test_healthz_reports_the_index(any_server: str) -> None:

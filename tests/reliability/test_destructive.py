@@ -340,10 +340,11 @@ def test_credentials_in_the_url_are_never_printed_or_stored(opensearch_url: str,
 
 # --- 9. a dead cluster: backoff between retries, one paragraph, the right hint ----------------------------------
 def test_retries_back_off_and_end_in_one_actionable_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ceindex.backends import cluster
     from ceindex.backends import opensearch as os_backend
 
     delays: list[float] = []
-    monkeypatch.setattr(os_backend.time, "sleep", delays.append)
+    monkeypatch.setattr(cluster.time, "sleep", delays.append)  # the backoff both cluster backends share
     backend = os_backend.OpenSearchBackend(OpenSearchConfig(url=f"http://127.0.0.1:{free_port()}", max_retries=4))
     with pytest.raises(BackendError, match="cannot reach OpenSearch at http://127.0.0.1:.* is the cluster running"):
         backend.ping()
@@ -356,7 +357,7 @@ def test_dead_cluster_cli_error_has_no_traceback(ceindex_home: Path) -> None:
          "--max-retries", "2", "--index", "x", "q"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) <= 4, result.stderr
-    assert result.stderr.count("retry") == 2 and "cannot reach OpenSearch" in result.stderr
+    assert result.stderr.count("retry") == 2 and "cannot reach the cluster" in result.stderr
 
 
 @pytest.mark.integration
@@ -402,7 +403,7 @@ def test_rows_refused_by_opensearch_survive_a_resume_and_allow_rejects_publishes
 def test_malformed_cluster_urls_are_one_line_errors_that_never_repeat_the_url(ceindex_home: Path, url: str) -> None:
     result = CliRunner().invoke(cli, ["search", "--opensearch", url, "--index", "x", "q"])
     assert result.exit_code == 2 and result.exception is None or isinstance(result.exception, SystemExit)
-    assert "the cluster URL (--opensearch) is not valid" in result.output
+    assert "the cluster URL (--cluster / --opensearch) is not valid" in result.output
     assert SECRET not in result.output and "Traceback" not in result.output
 
 
