@@ -27,7 +27,7 @@ from search_pipeline.server import create_app
 from ceindex.backends.detect import detect_engine
 from tests.conftest import ALL_BACKEND_PARAMS, SAMPLE, cluster_url
 from tests.serving import serving
-from tests.unit.test_filters import random_filter
+from tests.unit.test_filter_language import random_filter
 
 FIELDS = {"lang": "keyword", "year": "integer", "score": "double", "published": "date", "tags": "keyword[]",
           "open": "boolean", "bucket": "integer"}
