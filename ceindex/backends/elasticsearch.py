@@ -19,7 +19,7 @@ from ceindex.backends.query_dsl import VECTOR_FIELD, filter_clause, match_query
 from ceindex.config import OpenSearchConfig, opensearch_credentials
 from ceindex.errors import BackendError
 from ceindex.filters import Filter
-from mappings.elasticsearch import elasticsearch_index_body
+from mappings.elasticsearch import TEXT_ANALYZERS, elasticsearch_index_body
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,23 @@ class ElasticsearchBackend(ClusterBackend):
         nodes = self._call("connecting", self.client.nodes.info, node_id="_local", metric="_none")
         return {"version": {"number": next(iter(nodes.get("nodes", {}).values()), {}).get("version", "")}}
 
+    def text_analyzer(self) -> str:
+        """The best BM25 analyzer the cluster has (see ``mappings.elasticsearch.TEXT_ANALYZERS``)."""
+        for name in TEXT_ANALYZERS:
+            try:
+                self.client.indices.analyze(body={"analyzer": name, "text": "running"})
+                return name
+            except self.errors.bad_request:  # "failed to find global analyzer"
+                continue
+            except self.errors.api as exc:
+                raise self._translate(exc, "checking the text analyzers") from exc
+        raise AssertionError("the standard analyzer is always there")
+
     def create(self, state: BuildState, settings: IndexSettings) -> None:
+        analyzer = self.text_analyzer()
+        if analyzer == "standard":
+            logger.warning("%s has neither the 'english' analyzer nor ceindex's plugin: BM25 runs on standard tokens "
+                           "with English stop words, without stemming (lower BM25 quality)", self.url)
         body = elasticsearch_index_body(
             dims=state.encoder.dims,
             meta=state.to_meta(),
@@ -135,6 +151,7 @@ class ElasticsearchBackend(ClusterBackend):
             shards=settings.shards,
             vector_index=self.vector_index,
             fields=state.fields,
+            analyzer=analyzer,
         )
         self._call(f"creating index {state.physical}", self.client.indices.create, index=state.physical, body=body)
 

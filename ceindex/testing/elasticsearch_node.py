@@ -2,7 +2,8 @@
 
 The node is the integ-test-zip distribution from Maven Central, unpacked by the Maven project in
 ``docker/elasticsearch-node`` (server, transport-netty4, x-pack-core and x-pack-security; no JDK, no
-analysis-common). Each node runs from a private copy of it in a temporary home::
+analysis-common, so no ``english`` analyzer: the project's stable plugin ``ceindex-analysis-english`` adds it back as
+``ceindex_english``, Lucene's EnglishAnalyzer). Each node runs from a private copy of it in a temporary home::
 
     with ElasticsearchNode() as node:                     # plain HTTP, security off
         client = Elasticsearch(node.url)
@@ -44,13 +45,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PROJECT_DIR = REPO_ROOT / "docker" / "elasticsearch-node"
 VERSION = "8.19.21"
 RUN_AS_USER = "ceindex-es"
+ANALYSIS_PLUGIN = "ceindex-analysis-english"  # the ``ceindex_english`` analyzer (Lucene's EnglishAnalyzer)
 
 
 def build_distribution(project_dir: Path = PROJECT_DIR, *, force: bool = False, java: Path | None = None) -> Path:
     """Unpack the distribution with Maven (once); returns its folder."""
     dist = project_dir / "target" / f"elasticsearch-{VERSION}"
     needed = [dist / "bin" / "elasticsearch", dist / "lib" / f"elasticsearch-{VERSION}.jar",
-              dist / "modules" / "x-pack-security"]
+              dist / "modules" / "x-pack-security", project_dir / "target" / "plugins" / ANALYSIS_PLUGIN / f"{ANALYSIS_PLUGIN}.jar"]
     maven_package(project_dir, needed, what="Elasticsearch test node", force=force, java=java)
     return dist
 
@@ -154,6 +156,7 @@ class ElasticsearchNode(JavaNode):
     def _install(self, java: Path, dist: Path) -> None:
         """A private copy of the distribution (its config is written per node) with the security files in it."""
         shutil.copytree(dist, self.es_home, symlinks=True)
+        shutil.copytree(dist.parent / "plugins" / ANALYSIS_PLUGIN, self.es_home / "plugins" / ANALYSIS_PLUGIN)
         if self.security:
             sec = self.security
             certs = self.es_home / "config" / "certs"

@@ -64,3 +64,21 @@ def test_bm25_and_knn_then_kill_keeps_the_data(elasticsearch_node) -> None:
     _, _, count = _request(f"{url}/{name}/_count")
     assert count["count"] == 2
     _request(f"{url}/{name}", "DELETE")
+
+
+def test_the_english_analyzer_comes_from_ceindex_plugin_and_stems(elasticsearch_url: str) -> None:
+    """The Maven distribution has no analysis-common; ceindex's stable plugin brings Lucene's EnglishAnalyzer back,
+    and the backend picks it for BM25 (the same analysis as OpenSearch's ``english``)."""
+    from ceindex.backends.elasticsearch import ElasticsearchBackend
+    from ceindex.config import OpenSearchConfig
+
+    status, _, body = _request(elasticsearch_url + "/_analyze", "POST", {"analyzer": "english", "text": "x"})
+    assert status == 400 and "english" in json.dumps(body)
+    _, _, body = _request(elasticsearch_url + "/_analyze", "POST",
+                          {"analyzer": "ceindex_english", "text": "The running dogs' houses"})
+    assert [t["token"] for t in body["tokens"]] == ["run", "dog", "hous"]
+    backend = ElasticsearchBackend(OpenSearchConfig(url=elasticsearch_url, max_retries=0))
+    try:
+        assert backend.text_analyzer() == "ceindex_english"
+    finally:
+        backend.close()
