@@ -102,7 +102,7 @@ class SearchConfig:
     rerank_max_length: int = _opt(256, "--rerank-max-length", "Max tokens of a (query, document) pair.")
     rerank_dtype: str = _opt("float32", "--rerank-dtype", "float32, bfloat16, or int8 (CPU dynamic quantisation).", DTYPES)
     max_query_chars: int = _opt(2000, "--max-query-chars", "Longer queries are refused.")
-    max_depth: int = _opt(1000, "--max-depth", "Deepest result position a page may reach (offset + k); deeper pages are refused.")
+    max_depth: int = _opt(1000, "--max-depth", "Deepest result position a page may reach (offset + k; at most 10000); deeper pages are refused.")
 
 
 @dataclass(frozen=True)
