@@ -1,11 +1,12 @@
 # Two commands for newcomers: `make demo` (end to end on the embedded backend) and `make test`
-# (the whole suite, including integration tests against a real OpenSearch 2.19 node built from Maven Central).
+# (the whole suite, including integration tests against real OpenSearch 2.19 and Elasticsearch 8.19 nodes built
+# from Maven Central).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ceindex-installed
 
-.PHONY: demo test unit integration reliability node bench-encode clean
+.PHONY: demo test unit integration reliability node es-node bench-encode clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,5 +34,9 @@ reliability: $(STAMP)
 node: $(STAMP)
 	$(PY) -m ceindex.testing.opensearch_node --port 9200
 
+# The same Elasticsearch 8.19 node the tests use (security off), on http://127.0.0.1:9201 (Ctrl-C stops it).
+es-node: $(STAMP)
+	$(PY) -m ceindex.testing.elasticsearch_node --port 9201
+
 clean:
-	rm -rf $(VENV) docker/opensearch-node/target
+	rm -rf $(VENV) docker/opensearch-node/target docker/elasticsearch-node/target
