@@ -8,7 +8,7 @@ from typing import Iterator
 import pytest
 
 from ceindex.testing.elasticsearch_node import ElasticsearchNode
-from ceindex.testing.opensearch_node import OpenSearchNode
+from ceindex.testing.opensearch_node import OpenSearch3Node, OpenSearchNode
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -72,12 +72,16 @@ URL_ENV = "CEINDEX_TEST_OPENSEARCH_URL"
 # Every test that needs the node carries ``pytest.mark.integration`` (``-m "not integration"`` then never starts
 # it). Tests parametrised over both backends take the mark on the OpenSearch case only, through this list.
 NODE_FIXTURES = ("opensearch_url", "opensearch_node", "_session_opensearch_node",
-                 "elasticsearch_url", "elasticsearch_node", "_session_elasticsearch_node")
+                 "elasticsearch_url", "elasticsearch_node", "_session_elasticsearch_node",
+                 "opensearch3_url", "opensearch3_node", "_session_opensearch3_node")
 BACKEND_PARAMS = ["embedded", pytest.param("opensearch", marks=pytest.mark.integration)]
 # the same, with the Elasticsearch 8.19 node too (for the tests whose fixtures take the URL from ``cluster_url``)
 ALL_BACKEND_PARAMS = [*BACKEND_PARAMS, pytest.param("elasticsearch", marks=pytest.mark.integration)]
+# ... and OpenSearch 3.5 (k-NN, no neural-search: client-side fusion), for the core build and search tests
+CORE_BACKEND_PARAMS = [*ALL_BACKEND_PARAMS, pytest.param("opensearch3", marks=pytest.mark.integration)]
 CLUSTER_FIXTURES = {"opensearch": ("opensearch_url", "opensearch_node"),
-                    "elasticsearch": ("elasticsearch_url", "elasticsearch_node")}
+                    "elasticsearch": ("elasticsearch_url", "elasticsearch_node"),
+                    "opensearch3": ("opensearch3_url", "opensearch3_node")}
 
 
 def cluster_url(request: pytest.FixtureRequest, backend: str) -> str | None:
@@ -164,6 +168,40 @@ def elasticsearch_node(_session_elasticsearch_node: ElasticsearchNode | None) ->
     node = _session_elasticsearch_node
     if node is None:
         pytest.skip(f"SKIPPED LOUDLY: {ES_URL_ENV} points at an external cluster; kill/restart tests need the test node")
+    yield node
+    if not node.running:
+        node.restart()
+
+
+# --- ONE real OpenSearch 3.5 node (k-NN 3.5 on a stand-in transport-grpc module; Java 21+), started on first use ---
+OS3_URL_ENV = "CEINDEX_TEST_OPENSEARCH3_URL"
+
+
+@pytest.fixture(scope="session")
+def _session_opensearch3_node() -> Iterator[OpenSearch3Node | None]:
+    if os.environ.get(OS3_URL_ENV):
+        yield None
+        return
+    node = OpenSearch3Node()
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def opensearch3_url(_session_opensearch3_node: OpenSearch3Node | None) -> str:
+    if _session_opensearch3_node is None:
+        return os.environ[OS3_URL_ENV].rstrip("/")
+    return _session_opensearch3_node.url
+
+
+@pytest.fixture()
+def opensearch3_node(_session_opensearch3_node: OpenSearch3Node | None) -> Iterator[OpenSearch3Node]:
+    node = _session_opensearch3_node
+    if node is None:
+        pytest.skip(f"SKIPPED LOUDLY: {OS3_URL_ENV} points at an external cluster; kill/restart tests need the test node")
     yield node
     if not node.running:
         node.restart()

@@ -78,7 +78,31 @@ def find_java() -> Path:
 
 
 def java_home(java: Path) -> str:
-    return os.environ.get("CEINDEX_JAVA_HOME") or os.environ.get("JAVA_HOME") or str(java.resolve().parent.parent)
+    """The JDK folder of a java binary (``.../bin/java`` -> ``...``; /usr/bin/java is followed to its JDK)."""
+    return str(java.resolve().parent.parent)
+
+
+def java_version(java: Path) -> int:
+    """The feature version (17, 21, 25, ...) of a java binary; 0 when it cannot be read."""
+    proc = subprocess.run([str(java), "-version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    match = re.search(r'version "(\d+)', proc.stdout)
+    return int(match.group(1)) if match else 0
+
+
+def find_java_at_least(major: int) -> Path:
+    """A java binary of version ``major`` or newer: $CEINDEX_JAVA<major>_HOME, the default one (find_java), or the
+    newest JDK under /usr/lib/jvm."""
+    env = f"CEINDEX_JAVA{major}_HOME"
+    if os.environ.get(env):
+        return Path(os.environ[env]) / "bin" / "java"
+    default = find_java()
+    if java_version(default) >= major:
+        return default
+    found = sorted(((java_version(j), j) for j in Path("/usr/lib/jvm").glob("*/bin/java")), reverse=True)
+    if found and found[0][0] >= major:
+        return found[0][1]
+    raise RuntimeError(f"this node needs Java {major}+, but {default} is Java {java_version(default)} and none newer is "
+                       f"under /usr/lib/jvm; install one (e.g. Temurin 25) or point {env} at it")
 
 
 def tail(path: Path | None, lines: int = LOG_TAIL_LINES) -> str:
@@ -192,6 +216,10 @@ class JavaNode:
             raise ValueError(f"heap {self.heap} is above the 1g maximum of the test node")
 
     # ----------------------------------------------------------------- subclass hooks
+    def _java(self) -> Path:
+        """The java binary that runs (and builds) this node."""
+        return find_java()
+
     def _build(self, java: Path) -> Path:
         """Build (once) what the node runs from; returns the folder it is in."""
         raise NotImplementedError
@@ -242,7 +270,7 @@ class JavaNode:
         """
         if self.running:
             return self.url
-        java = find_java()
+        java = self._java()
         built = self._build(java)
         if self._home is None:
             self._home = Path(tempfile.mkdtemp(prefix=self.HOME_PREFIX))

@@ -28,13 +28,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ceindex.testing.java_node import JavaNode, Launch, free_port, maven_package, tail
+from ceindex.testing.java_node import JavaNode, Launch, find_java_at_least, free_port, maven_package, tail
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROJECT_DIR = REPO_ROOT / "docker" / "opensearch-node"
+PROJECT_DIR_3 = REPO_ROOT / "docker" / "opensearch3-node"  # OpenSearch 3.5.0 + k-NN 3.5.0.0, Java 21+
 MAIN_CLASS = "org.ceindex.opensearch.TestNode"
 
-__all__ = ["OpenSearchNode", "build_artifacts", "free_port"]
+__all__ = ["OpenSearch3Node", "OpenSearchNode", "build_artifacts", "free_port"]
 
 
 def build_artifacts(project_dir: Path = PROJECT_DIR, *, force: bool = False, java: Path | None = None) -> Path:
@@ -73,12 +74,27 @@ class OpenSearchNode(JavaNode):
         return Launch(cmd)
 
 
+@dataclass(eq=False)
+class OpenSearch3Node(OpenSearchNode):
+    """OpenSearch 3.5.0 with k-NN 3.5.0.0 (``docker/opensearch3-node``): the same launcher on Java 21+. Maven Central
+    serves no transport-grpc module at 3.5.0 (k-NN extends it) and no neural-search for 3.x: a stand-in module lets
+    k-NN load (no gRPC), and fusion runs in ceindex."""
+
+    project_dir: Path = PROJECT_DIR_3
+
+    HOME_PREFIX = "ceindex-opensearch3-"
+
+    def _java(self) -> Path:
+        return find_java_at_least(21)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ceindex.testing.opensearch_node",
         description="Run the ceindex OpenSearch 2.19.1 test node (k-NN lucene engine, neural-search) in the foreground.",
     )
     parser.add_argument("--port", type=int, default=9200, help="HTTP port on 127.0.0.1 (default 9200; 0 = free port)")
+    parser.add_argument("--v3", action="store_true", help="OpenSearch 3.5.0 + k-NN (Java 21+) instead of 2.19.1")
     parser.add_argument("--transport-port", type=int, default=None, help="transport port (default: a free one)")
     parser.add_argument("--heap", default="512m", help="JVM heap, at most 1g (default 512m)")
     parser.add_argument("--data", default=None, help="persistent data directory (default: temporary, removed on exit)")
@@ -92,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             parser.error(f"-E expects KEY=VALUE, got {item!r}")
         extra[key] = value
-    node = OpenSearchNode(port=args.port or None, transport_port=args.transport_port, heap=args.heap,
+    node = (OpenSearch3Node if args.v3 else OpenSearchNode)(port=args.port or None, transport_port=args.transport_port, heap=args.heap,
                           data_dir=args.data, startup_timeout=args.timeout, settings=extra)
     def _sigterm(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt

@@ -14,10 +14,10 @@ from ceindex.config import BuildConfig, OpenSearchConfig, Settings
 from ceindex.errors import BackendError, EncoderMismatchError
 from ceindex.models import EncoderConfig, load_encoder
 from indexer.build import build_index
-from tests.conftest import ALL_BACKEND_PARAMS, SAMPLE, cluster_node, cluster_url
+from tests.conftest import CORE_BACKEND_PARAMS, SAMPLE, cluster_node, cluster_url
 
 
-@pytest.fixture(params=ALL_BACKEND_PARAMS)
+@pytest.fixture(params=CORE_BACKEND_PARAMS)
 def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     base = Settings(index=f"t{uuid.uuid4().hex[:8]}", home=str(tmp_path / "home"),
                     build=BuildConfig(encode_batch_docs=5, chunk_docs=4))

@@ -102,10 +102,3 @@ def test_cluster_flag_old_name_and_environment_variable_set_the_same_key(monkeyp
     # all three reach for the cluster (none is refused as an unknown flag, none falls back to the embedded store)
     assert all(code == 2 and f"cannot reach the cluster at {url}" in out for code, out in seen), seen
 
-
-def test_a_supported_but_untested_major_is_accepted_with_a_warning(fake: str, caplog: pytest.LogCaptureFixture) -> None:
-    assert _detect(fake, "os3").major == 3
-    assert "supported, but ceindex's tests run against OpenSearch 2.19 and Elasticsearch 8.19 only" in caplog.text
-    caplog.clear()
-    _detect(fake, "os2")
-    assert "tests run against" not in caplog.text
