@@ -128,7 +128,7 @@ def _newest_mtime(paths: list[Path]) -> float:
 
 
 def maven_package(project_dir: Path, needed: list[Path], *, what: str, force: bool = False,
-                  java: Path | None = None) -> Path:
+                  java: Path | None = None, extra_sources: tuple[Path, ...] = ()) -> Path:
     """Run ``mvn package`` in ``project_dir`` if any of ``needed`` is missing or older than the sources.
 
     Returns the ``target`` directory. Tries offline mode first (fast, works without network once ~/.m2 is
@@ -136,7 +136,7 @@ def maven_package(project_dir: Path, needed: list[Path], *, what: str, force: bo
     """
     target = project_dir / "target"
     stamp = target / _BUILD_STAMP
-    sources = [project_dir / "pom.xml", project_dir / "src"]
+    sources = [project_dir / "pom.xml", project_dir / "src", *extra_sources]
 
     def up_to_date() -> bool:
         return stamp.exists() and all(p.exists() for p in needed) and stamp.stat().st_mtime >= _newest_mtime(sources)

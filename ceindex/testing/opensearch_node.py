@@ -43,7 +43,10 @@ def build_artifacts(project_dir: Path = PROJECT_DIR, *, force: bool = False, jav
     target = project_dir / "target"
     needed = [target / "opensearch-node.jar", target / "lib", target / "modules" / "lang-painless",
               target / "plugins" / "opensearch-knn" / "plugin-descriptor.properties"]
-    return maven_package(project_dir, needed, what="OpenSearch test node", force=force, java=java)
+    # docker/opensearch3-node compiles the launcher of docker/opensearch-node: a change there rebuilds it too
+    shared = (PROJECT_DIR / "src",) if project_dir != PROJECT_DIR else ()
+    return maven_package(project_dir, needed, what="OpenSearch test node", force=force, java=java,
+                         extra_sources=shared)
 
 
 @dataclass(eq=False)

@@ -1,5 +1,6 @@
 /*
- * Embedded single-node OpenSearch 2.19.1 for ceindex integration tests.
+ * Embedded single-node OpenSearch for ceindex integration tests: 2.19.1 (this project) and 3.5.0
+ * (docker/opensearch3-node compiles this same file against 3.5.0).
  *
  * Runs org.opensearch.node.Node directly instead of going through
  * org.opensearch.bootstrap.OpenSearch, which means: no root-user refusal, no security manager,
@@ -62,10 +63,14 @@ public final class TestNode {
         "modules/analysis-common",
         "plugins/opensearch-knn", };
 
-    /** Node subclass only to reach the protected constructor that accepts classpath plugins. */
+    /** Every plugin is a bundle, loaded by the public constructor (2.x and 3.x alike; 3.x dropped the protected
+     *  constructor that took classpath plugin classes). */
     static final class EmbeddedNode extends Node {
         EmbeddedNode(Environment env, Collection<Class<? extends Plugin>> plugins) {
-            super(env, plugins, true);
+            super(env);
+            if (!plugins.isEmpty()) {
+                throw new IllegalArgumentException("classpath plugins are not supported: install them as bundles");
+            }
         }
     }
 
