@@ -258,12 +258,13 @@ def hybrid_section(args: argparse.Namespace, data: Path, encoders: dict, layer: 
 def persistent_rerank_cache(home: Path) -> None:
     """Patch CrossEncoderReranker.score to score each distinct (query, document) pair once, across runs."""
     from ceindex.distill.cache import ScoreStore, text_key
+    from ceindex.models.runtime import weights_sha256
     from ceindex.models.scorer import CrossEncoderReranker
 
     original = CrossEncoderReranker.score
 
     def score(self, pairs):  # type: ignore[no-untyped-def]
-        store = ScoreStore(home, f"bench-rerank-{Path(self.model_ref).name}-{self.max_length}")
+        store = ScoreStore(home, f"bench-rerank-{weights_sha256(Path(self.model_ref))[:16]}-{getattr(self.model, 'dtype', '?')}-{self.max_length}")
         pairs = list(pairs)
         return store.get_or_compute([text_key(q, d) for q, d in pairs],
                                     lambda missing: original(self, [pairs[i] for i in missing]))
@@ -305,10 +306,12 @@ def main() -> None:
         print(f"\n## Init arms of the best recipe, dense; † = differs from {BEST}\n")
         print(arms.markdown())
     write_json(args.out, result)
-    result["throughput"] = {"docs": args.throughput_docs, "repeats": args.repeats,
-                            "rows": throughput_section(encoders, layer, [d.body for d in docs[: args.throughput_docs]], args.repeats)}
-    print_throughput(result["throughput"])
-    write_json(args.out, result)
+    if not args.skip_throughput:
+        texts = [d.body for d in docs[: args.throughput_docs]]
+        result["throughput"] = {"docs": args.throughput_docs, "repeats": args.repeats,
+                                "rows": throughput_section(encoders, layer, texts, args.repeats)}
+        print_throughput(result["throughput"])
+        write_json(args.out, result)
     plain, reranked = hybrid_section(args, args.data, encoders, layer, docs, vectors, rerank=not args.no_rerank)
     result["hybrid"] = plain.to_dict()
     print("\n## SciFact test, hybrid BM25 + encoder (RRF), no re-rank; † = differs from BM25\n")
@@ -318,7 +321,7 @@ def main() -> None:
         print(f"\n## ... then CE re-rank of the top {args.rerank_top}; † = differs from BM25 + re-rank\n")
         print(reranked.markdown())
     write_json(args.out, result)
-    result["dl19"] = dl19_section(args, encoders, layer)
+    result["dl19"] = {} if args.skip_dl19 else dl19_section(args, encoders, layer)
     result["bench_seconds"] = round(time.perf_counter() - started, 1)
     result["complete"] = True
     print(f"\nwrote {write_json(args.out, result)} ({result['bench_seconds'] / 60:.0f} min)")
@@ -370,6 +373,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rerank-top", type=int, default=20)
     parser.add_argument("--rerank-max-length", type=int, default=192)
     parser.add_argument("--no-rerank", action="store_true", help="skip the CE re-rank rows (the slow part)")
+    parser.add_argument("--skip-throughput", action="store_true", help="e.g. to fill the caches on a busy machine")
+    parser.add_argument("--skip-dl19", action="store_true")
     parser.add_argument("--throughput-docs", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="distill.json")

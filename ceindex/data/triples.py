@@ -58,21 +58,42 @@ def read_triples(path: str | Path) -> Iterator[Triple | Rejected]:
     if not path.is_file():
         raise InputError(f"triples file {path} does not exist")
     fmt = triples_format(path)
-    names = _source_names(sources_file(path))
-    for number, raw in _physical_lines(path, lone_cr_ends_line=fmt == "tsv"):
+    names_path = sources_file(path)
+    names = _source_names(names_path)
+    number = 0
+    # Rows end at \n only (a stray \r inside a row is whitespace), so rows and source names stay paired.
+    for number, raw in _physical_lines(path, lone_cr_ends_line=False):
         if isinstance(raw, InputError):
             raise raw
-        source = next(names, None) if names is not None else None
+        source = _next_name(names, names_path, path, number)
         text = _decode_line(str(path), number, raw)
         if isinstance(text, Rejected):
             yield text
             continue
-        if not text.strip():
+        if not text.strip() or (number == 1 and fmt == "tsv" and _is_header(text)):
             continue
         row = _tsv_triple(str(path), number, text) if fmt == "tsv" else _jsonl_triple(str(path), number, text)
         if isinstance(row, Triple) and row.source is None:
             row.source = source
         yield row
+    if names is not None and next(names, None) is not None:
+        raise InputError(f"{names_path} has more lines than {path} ({number}): the source names do not pair with "
+                         "the rows; regenerate the .source file")
+
+
+def _next_name(names: Iterator[str] | None, names_path: Path | None, path: Path, number: int) -> str | None:
+    if names is None:
+        return None
+    name = next(names, None)
+    if name is None:
+        raise InputError(f"{names_path} has fewer lines than {path} (it ends before line {number}): the source "
+                         "names do not pair with the rows; regenerate the .source file")
+    return name
+
+
+def _is_header(text: str) -> bool:
+    first = text.split("\t", 1)[0].strip().lower()
+    return first in ("query", "queries", "question", "anchor", "q")
 
 
 def _source_names(path: Path | None) -> Iterator[str] | None:
@@ -81,7 +102,7 @@ def _source_names(path: Path | None) -> Iterator[str] | None:
 
     def names() -> Iterator[str]:
         opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8") as handle:  # type: ignore[operator]
+        with opener(path, "rt", encoding="utf-8-sig", newline="\n") as handle:  # type: ignore[operator]
             for line in handle:
                 yield line.strip()
 
@@ -90,6 +111,8 @@ def _source_names(path: Path | None) -> Iterator[str] | None:
 
 def _tsv_triple(source: str, number: int, text: str) -> Triple | Rejected:
     columns = [c.strip() for c in text.rstrip("\r\n").split("\t")]
+    while len(columns) > 2 and not columns[-1]:  # trailing tabs: no more negatives
+        columns.pop()
     if len(columns) < 2:
         return Rejected(source, number, f"has {len(columns)} tab-separated column(s); expected query<TAB>positive[<TAB>negative...]")
     return _checked(source, number, columns[0], columns[1], columns[2:])

@@ -22,19 +22,23 @@ def text_key(*texts: str) -> str:
     return hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
+CHUNK = 2048  # entries computed between two writes: an interrupted run keeps what it computed
+
+
 class ScoreStore:
     """Float per key (the cross-encoder's score of a (query, document) pair), a JSON file."""
 
     def __init__(self, cache_dir: Path | None, name: str) -> None:
         self.path = Path(cache_dir) / f"{name}.json" if cache_dir else None
 
-    def get_or_compute(self, keys: Sequence[str], compute: Callable[[list[int]], np.ndarray]) -> np.ndarray:
-        """Values for ``keys``; ``compute(indices)`` is called once for the ones not stored yet."""
+    def get_or_compute(self, keys: Sequence[str], compute: Callable[[list[int]], np.ndarray],
+                       chunk: int = CHUNK) -> np.ndarray:
+        """Values for ``keys``; ``compute(indices)`` is called (in chunks, each stored) for the ones not stored yet."""
         stored = self._read()
         missing = [i for i, k in enumerate(keys) if k not in stored]
-        if missing:
-            values = compute(missing)
-            stored.update({keys[i]: float(v) for i, v in zip(missing, values)})
+        for start in range(0, len(missing), chunk):
+            part = missing[start : start + chunk]
+            stored.update({keys[i]: float(v) for i, v in zip(part, compute(part))})
             self._write(stored)
         log.info("teacher scores: %d of %d read from the cache", len(keys) - len(missing), len(keys))
         return np.array([stored[k] for k in keys], dtype=np.float32)
@@ -61,17 +65,23 @@ class VectorStore:
         self.matrix = Path(cache_dir) / f"{name}.npy" if cache_dir else None
         self.index = Path(cache_dir) / f"{name}.keys.json" if cache_dir else None
 
-    def get_or_compute(self, keys: Sequence[str], compute: Callable[[list[int]], np.ndarray]) -> np.ndarray:
+    def get_or_compute(self, keys: Sequence[str], compute: Callable[[list[int]], np.ndarray],
+                       chunk: int = CHUNK) -> np.ndarray:
         stored_keys, matrix = self._read()
         row_of = {k: r for r, k in enumerate(stored_keys)}
-        missing = [i for i, k in enumerate(keys) if k not in row_of]
-        if missing:
-            new = np.asarray(compute(missing), dtype=np.float32)
-            fresh = [keys[i] for i in missing]
+        first_of: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            if k not in row_of:
+                first_of.setdefault(k, i)
+        missing = list(first_of.values())
+        for start in range(0, len(missing), chunk):
+            part = missing[start : start + chunk]
+            new = np.asarray(compute(part), dtype=np.float32)
             matrix = new if matrix is None else np.concatenate([matrix, new])
-            for k in fresh:
-                row_of[k] = len(row_of)
-            self._write(stored_keys + fresh, matrix)
+            for i in part:
+                row_of[keys[i]] = len(stored_keys)
+                stored_keys.append(keys[i])
+            self._write(stored_keys, matrix)
         log.info("teacher vectors: %d of %d read from the cache", len(keys) - len(missing), len(keys))
         assert matrix is not None
         return matrix[[row_of[k] for k in keys]] if keys else np.zeros((0, 0), np.float32)

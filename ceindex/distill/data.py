@@ -51,32 +51,37 @@ class SourceSpec:
 
 @dataclass
 class Part:
-    """What one source contributes (ids not yet prefixed)."""
+    """What one source contributes, in content ids (``q``/``d`` + sha1 of the text), so the same query or document
+    text from two sources is one query or document. Triples cover all of the source's queries; the held-out split
+    is made after merging, by ``group`` (a query, or for pseudo-queries their source document, so the title and
+    the sentence of one document are never on both sides)."""
 
     queries: dict[str, str]
     docs: dict[str, str]
-    relevant: dict[str, set[str]]
+    relevant: dict[str, set[str]]  # every id a batch must not use as this query's negative (incl. near-duplicates)
+    judged: dict[str, set[str]]  # the relevant corpus documents for held-out scoring
     triples: list[tuple[str, str, str]]
-    held_out: list[str]
+    group: dict[str, str]  # query id -> held-out group
+    variants: set[str] = field(default_factory=set)  # passages cut from documents (not searched when scoring)
     pseudo: bool = False
     record: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class TrainingData:
-    doc_ids: list[str]
-    docs: dict[str, str]  # doc id -> text
+    doc_ids: list[str]  # the documents held-out queries are searched in (corpus documents, passages of files)
+    docs: dict[str, str]  # doc id -> text (also the passages cut from documents for pseudo-queries)
     queries: dict[str, str]  # every query (training and held out)
-    relevant: dict[str, set[str]]  # query id -> relevant doc ids
+    relevant: dict[str, set[str]]  # query id -> ids never used as its negative
+    judged: dict[str, set[str]]  # query id -> relevant documents among doc_ids (held-out scoring)
     triples: list[tuple[str, str, str]]  # (query id, positive id, negative id) of the training queries
     held_out: list[str]  # held-out query ids
     pseudo_queries: set[str]  # query ids whose positive is a pseudo label (label-free sources)
     sources: list[dict[str, Any]]  # one record per source: kind, path, counts, rejects
-    fingerprint: str  # sha256 over the sources' inputs
 
     @property
     def held_out_qrels(self) -> dict[str, dict[str, int]]:
-        return {q: {d: 1 for d in self.relevant[q]} for q in self.held_out}
+        return {q: {d: 1 for d in self.judged[q]} for q in self.held_out}
 
     @property
     def train_pairs(self) -> list[tuple[str, str]]:
@@ -93,8 +98,8 @@ def load_sources(
             "no training source: give --data DIR (BEIR qrels of --split), --triples FILE and/or --corpus PATH "
             "(label-free)"
         )
-    parts = [_load(spec, held_out, seed, negatives_depth) for spec in specs]
-    return _merge(parts, specs)
+    parts = [_load(spec, seed, negatives_depth) for spec in specs]
+    return _merge(parts, held_out, seed)
 
 
 def load_training_data(data_dir: str | Path, split: str, held_out: float, seed: int) -> TrainingData:
@@ -122,22 +127,20 @@ def specs_from(data_dir: str | None, split: str, triples: str | None, drop: str 
 
 
 # --------------------------------------------------------------------------- per kind
-def _load(spec: SourceSpec, held_out: float, seed: int, depth: int) -> Part:
+def _load(spec: SourceSpec, seed: int, depth: int) -> Part:
     loader = {"qrels": _qrels_part, "triples": _triples_part, "corpus": _corpus_part}.get(spec.kind)
     if loader is None:
         raise InputError(f"unknown training source kind {spec.kind!r}; use qrels, triples or corpus")
-    part = loader(spec, held_out, seed, depth)
+    part = loader(spec, seed, depth)
     if not part.triples:
         raise InputError(f"{spec.describe()}: no training triple could be formed (see the log for why)")
     part.record = {"kind": spec.kind, "path": str(Path(spec.path).expanduser().resolve()), **part.record,
-                   "train_queries": len({q for q, _, _ in part.triples}), "triples": len(part.triples),
-                   "held_out_queries": len(part.held_out)}
-    log.info("%s: %d triples of %d training queries, %d held out", spec.describe(), len(part.triples),
-             part.record["train_queries"], len(part.held_out))
+                   "queries": len(part.queries), "triples_before_held_out": len(part.triples)}
+    log.info("%s: %d queries, %d triples", spec.describe(), len(part.queries), len(part.triples))
     return part
 
 
-def _qrels_part(spec: SourceSpec, held_out: float, seed: int, depth: int) -> Part:
+def _qrels_part(spec: SourceSpec, seed: int, depth: int) -> Part:
     folder = Path(spec.path).expanduser()
     if not folder.is_dir():
         raise InputError(f"--data {spec.path!r} is not a folder; give a BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
@@ -145,13 +148,20 @@ def _qrels_part(spec: SourceSpec, held_out: float, seed: int, depth: int) -> Par
     queries = read_queries(folder)
     docs = {d["_id"]: doc_text(d) for d in read_corpus(folder)}
     relevant = _relevant_pairs(qrels, queries, docs, spec.split)
-    train, held = _split_queries(sorted(relevant), held_out, seed, spec.describe())
-    pairs = [(q, d) for q in train for d in sorted(relevant[q])]
-    triples = mine_hard_negatives(pairs, list(docs), docs, queries, relevant, depth=depth, seed=seed)
+    pairs = [(q, d) for q in sorted(relevant) for d in sorted(relevant[q])]
+    mined = mine_hard_negatives(pairs, list(docs), docs, queries, relevant, depth=depth, seed=seed)
+    qid, did = _ids(queries, "q"), _ids(docs, "d")
+    relevant_c = {qid[q]: {did[d] for d in ds} for q, ds in relevant.items()}
     digest = hashlib.sha256((folder / "qrels" / f"{spec.split}.tsv").read_bytes()).hexdigest()
-    return Part({q: queries[q] for q in relevant}, docs, relevant, triples, held,
-                record={"split": spec.split, "qrels_sha256": digest, "train_pairs": len(pairs),
+    return Part(queries={qid[q]: queries[q] for q in relevant}, docs={did[d]: t for d, t in docs.items()},
+                relevant=relevant_c, judged={q: set(ds) for q, ds in relevant_c.items()},
+                triples=[(qid[q], did[p], did[n]) for q, p, n in mined], group={qid[q]: qid[q] for q in relevant},
+                record={"split": spec.split, "qrels_sha256": digest, "pairs": len(pairs),
                         "negatives": f"one per pair, drawn from the BM25 top {depth} minus the relevant documents"})
+
+
+def _ids(texts: dict[str, str], prefix: str) -> dict[str, str]:
+    return {key: _text_id(prefix, text) for key, text in texts.items()}
 
 
 def _relevant_pairs(qrels: dict[str, dict[str, int]], queries: dict[str, str], docs: dict[str, str],
@@ -175,90 +185,103 @@ def _relevant_pairs(qrels: dict[str, dict[str, int]], queries: dict[str, str], d
     return relevant
 
 
-def _triples_part(spec: SourceSpec, held_out: float, seed: int, depth: int) -> Part:
+def _triples_part(spec: SourceSpec, seed: int, depth: int) -> Part:
     rows, rejects, dropped = _read_rows(spec)
     if not rows:
         raise InputError(f"{spec.path}: no usable triple ({len(rejects)} rejected, {dropped} dropped by source)")
-    queries, docs, relevant, negatives = _index_rows(rows)
-    train, held = _split_queries(sorted(relevant), held_out, seed, spec.describe())
-    triples = _given_triples(train, relevant, negatives)
-    unmatched = [(q, p) for q in train for p in sorted(relevant[q]) if not negatives.get(q)]
+    queries, docs, relevant, given = _index_rows(rows)
+    triples, unmatched = _given_triples(relevant, given)
     if unmatched:
-        triples += mine_hard_negatives(unmatched, list(docs), docs, queries, relevant, depth=depth, seed=seed)
+        triples += mine_hard_negatives(sorted(unmatched), list(docs), docs, queries, relevant, depth=depth, seed=seed)
     if spec.limit and len(triples) > spec.limit:
-        triples = sorted(random.Random(seed).sample(triples, spec.limit))
+        triples = sorted(random.Random(seed).sample(sorted(set(triples)), spec.limit))
     record = {"rows": len(rows), "rejected": len(rejects), "dropped_by_source": dropped,
-              "dropped_sources": list(spec.drop), "sha256": _file_sha256(Path(spec.path)),
+              "dropped_sources": sorted(spec.drop), "sha256": _file_sha256(Path(spec.path)),
+              "rows_negative_mined": len(unmatched),
               "rejects": [r.to_dict() for r in rejects[:MAX_REJECTS_SHOWN]],
-              "negatives": "as given in the file (BM25 over the file's passages where a row has none)"}
-    return Part(queries, docs, relevant, triples, held, record=record)
+              "negatives": "as given in the file (BM25 over the file's passages for a row without a usable one)"}
+    return Part(queries, docs, relevant, {q: set(ds) for q, ds in relevant.items()}, sorted(set(triples)),
+                group={q: q for q in queries}, record=record)
 
 
 def _read_rows(spec: SourceSpec) -> tuple[list[Triple], list[Rejected], int]:
     rows: list[Triple] = []
     rejects: list[Rejected] = []
     dropped = 0
+    seen: set[str | None] = set()
     for row in read_triples(Path(spec.path).expanduser()):
         if isinstance(row, Rejected):
             log.warning("%s: line %d: %s; row skipped", row.source, row.line, row.reason)
             rejects.append(row)
-        elif spec.drop and row.source in spec.drop:
+            continue
+        seen.add(row.source)
+        if spec.drop and row.source in spec.drop:
             dropped += 1
         else:
             rows.append(row)
-    if spec.drop and not dropped:
-        log.warning("%s: no row came from the dropped source(s) %s (is the .source file beside it?)",
-                    spec.path, ", ".join(spec.drop))
+    unknown = sorted(set(spec.drop) - seen)
+    if unknown:
+        known = ", ".join(sorted(str(s) for s in seen if s)) or "none (no NAME.source file beside it, no JSONL 'source')"
+        raise InputError(f"{spec.path}: --drop-sources names {', '.join(unknown)}, which no row comes from; "
+                         f"the sources in the file are: {known}")
     return rows, rejects, dropped
 
 
-def _index_rows(rows: Iterable[Triple]) -> tuple[dict[str, str], dict[str, str], dict[str, set[str]], dict[str, list[tuple[str, str]]]]:
-    """Ids by text: one id per distinct query and per distinct passage."""
+def _index_rows(rows: Iterable[Triple]) -> tuple[dict[str, str], dict[str, str], dict[str, set[str]], list[tuple[str, str, list[str]]]]:
+    """Content ids: one per distinct query and per distinct passage; per row (query, positive, negatives)."""
     queries: dict[str, str] = {}
     docs: dict[str, str] = {}
     relevant: dict[str, set[str]] = {}
-    negatives: dict[str, list[tuple[str, str]]] = {}
+    given: list[tuple[str, str, list[str]]] = []
     for row in rows:
         qid, pid = _text_id("q", row.query), _text_id("d", row.positive)
         queries[qid], docs[pid] = row.query, row.positive
         relevant.setdefault(qid, set()).add(pid)
-        for negative in row.negatives:
-            nid = _text_id("d", negative)
-            docs[nid] = negative
-            negatives.setdefault(qid, []).append((pid, nid))
-    return queries, docs, relevant, negatives
+        nids = [_text_id("d", n) for n in row.negatives]
+        docs.update(zip(nids, row.negatives))
+        given.append((qid, pid, nids))
+    return queries, docs, relevant, given
 
 
-def _given_triples(train: list[str], relevant: dict[str, set[str]],
-                   negatives: dict[str, list[tuple[str, str]]]) -> list[tuple[str, str, str]]:
-    """One triple per given (positive, negative); a negative that is another row's positive for the same query
-    is a contradiction in the file and is skipped."""
-    out: list[tuple[str, str, str]] = []
-    for qid in train:
-        for pid, nid in negatives.get(qid, []):
-            if nid not in relevant[qid]:
-                out.append((qid, pid, nid))
-    return sorted(set(out))
+def _given_triples(relevant: dict[str, set[str]], given: list[tuple[str, str, list[str]]]
+                   ) -> tuple[list[tuple[str, str, str]], set[tuple[str, str]]]:
+    """One triple per given (positive, negative) of a row; a row with no usable negative (none given, or only
+    another row's positive for the same query) is returned as a pair to mine a negative for."""
+    triples: list[tuple[str, str, str]] = []
+    unmatched: set[tuple[str, str]] = set()
+    for qid, pid, nids in given:
+        usable = [(qid, pid, n) for n in nids if n not in relevant[qid]]
+        triples += usable
+        if not usable:
+            unmatched.add((qid, pid))
+    return triples, unmatched
 
 
-def _corpus_part(spec: SourceSpec, held_out: float, seed: int, depth: int) -> Part:
+def _corpus_part(spec: SourceSpec, seed: int, depth: int) -> Part:
     documents = _read_corpus_documents(spec.path)
-    docs = {d.id: d.body for d in documents}
     made = pseudo_queries(documents, spec.limit, seed)
     if not made:
         raise InputError(f"{spec.path}: no pseudo-query could be made (documents need a title or 2+ sentences)")
-    queries: dict[str, str] = {}
-    relevant: dict[str, set[str]] = {}
+    did = {d.id: _text_id("d", d.body) for d in documents}
+    docs = {did[d.id]: d.body for d in documents}
+    variants_of: dict[str, set[str]] = {}
     for pq in made:
-        docs[pq.positive_id] = pq.positive
-        queries[pq.query_id] = pq.query
-        relevant[pq.query_id] = {pq.positive_id, pq.doc_id}
-    train, held = _split_queries(sorted(queries), held_out, seed, spec.describe())
-    triples = _pseudo_triples(train, made, documents, depth, seed)
+        variants_of.setdefault(pq.doc_id, {did[pq.doc_id]}).add(_text_id("d", pq.positive))
+    queries, relevant, judged, group, variants = {}, {}, {}, {}, set()
+    for pq in made:
+        qid, pid = _text_id("q", pq.query), _text_id("d", pq.positive)
+        docs[pid], queries[qid] = pq.positive, pq.query
+        relevant.setdefault(qid, set()).update(variants_of[pq.doc_id])  # the document and every passage cut from it
+        judged.setdefault(qid, set()).add(did[pq.doc_id])
+        group.setdefault(qid, did[pq.doc_id])
+        variants.add(pid)
+    triples = [(_text_id("q", pq.query), _text_id("d", pq.positive), did[n])
+               for pq, n in _pseudo_negatives(made, documents, depth, seed)]
     kinds = {k: sum(1 for pq in made if pq.kind == k) for k in ("title", "ict")}
     record = {"documents": len(documents), "pseudo_queries": len(made), "by_kind": kinds,
               "negatives": f"BM25 top {depth} of the corpus minus the query's own document"}
-    return Part(queries, docs, relevant, triples, held, pseudo=True, record=record)
+    return Part(queries, docs, relevant, judged, sorted(set(triples)), group, variants - set(did.values()),
+                pseudo=True, record=record)
 
 
 def _read_corpus_documents(path: str) -> list[Document]:
@@ -308,53 +331,71 @@ def pseudo_queries(documents: Sequence[Document], limit: int, seed: int) -> list
     return sorted(made[:limit] if limit else made, key=lambda p: p.query_id)
 
 
-def _pseudo_triples(train: list[str], made: list[PseudoQuery], documents: Sequence[Document], depth: int,
-                    seed: int) -> list[tuple[str, str, str]]:
-    """(pseudo-query, its positive, a BM25 hard negative from the corpus that is not its own document)."""
-    by_id = {pq.query_id: pq for pq in made}
-    wanted = {q: by_id[q].query for q in train}
+def _pseudo_negatives(made: list[PseudoQuery], documents: Sequence[Document], depth: int,
+                      seed: int) -> list[tuple[PseudoQuery, str]]:
+    """Per pseudo-query a BM25 hard negative from the corpus (a document id) that is not its own document."""
+    wanted = {pq.query_id: pq.query for pq in made}
     ids = [d.id for d in documents]
     found = bm25_candidates(ids, [d.body for d in documents], wanted, depth + 1)
     rng = random.Random(seed)
-    triples = []
-    for qid in train:
-        pool = [d for d in found[qid] if d != by_id[qid].doc_id][:depth]
+    out = []
+    for pq in made:
+        pool = [d for d in found[pq.query_id] if d != pq.doc_id][:depth]
         if pool:
-            triples.append((qid, by_id[qid].positive_id, rng.choice(pool)))
-    return triples
+            out.append((pq, rng.choice(pool)))
+    return out
 
 
 # --------------------------------------------------------------------------- merging
-def _split_queries(qids: list[str], held_out: float, seed: int, what: str) -> tuple[list[str], list[str]]:
-    order = list(qids)
-    random.Random(seed).shuffle(order)
-    n_held = int(round(len(order) * held_out))
-    if held_out > 0 and len(order) - n_held < 1:
-        raise InputError(f"{what}: only {len(order)} usable queries: too few to hold {held_out:.0%} out")
-    return sorted(order[n_held:]), sorted(order[:n_held])
-
-
-def _merge(parts: list[Part], specs: Sequence[SourceSpec]) -> TrainingData:
+def _merge(parts: list[Part], held_out: float, seed: int) -> TrainingData:
+    """Union by content id, then hold out a seeded share of the query GROUPS across all sources: a query text
+    held out is held out everywhere, and no triple of a held-out query is trained on."""
     docs: dict[str, str] = {}
     queries: dict[str, str] = {}
     relevant: dict[str, set[str]] = {}
-    triples: list[tuple[str, str, str]] = []
-    held: list[str] = []
+    judged: dict[str, set[str]] = {}
+    group: dict[str, str] = {}
+    variants: set[str] = set()
     pseudo: set[str] = set()
-    for i, part in enumerate(parts):
-        p = f"s{i}/"
-        docs.update({p + d: t for d, t in part.docs.items()})
-        queries.update({p + q: t for q, t in part.queries.items()})
-        relevant.update({p + q: {p + d for d in ds} for q, ds in part.relevant.items()})
-        triples += [(p + q, p + pos, p + neg) for q, pos, neg in part.triples]
-        held += [p + q for q in part.held_out]
+    triples: set[tuple[str, str, str]] = set()
+    for part in parts:
+        docs.update(part.docs)
+        queries.update(part.queries)
+        for q, ds in part.relevant.items():
+            relevant.setdefault(q, set()).update(ds)
+        for q, ds in part.judged.items():
+            judged.setdefault(q, set()).update(ds)
+        for q, g in part.group.items():
+            group.setdefault(q, g)
+        variants |= part.variants
         if part.pseudo:
-            pseudo |= {p + q for q in part.queries}
-    digest = hashlib.sha256(repr([(s, part.record.get("sha256"), part.record.get("qrels_sha256"))
-                                  for s, part in zip(specs, parts)]).encode("utf-8")).hexdigest()
-    return TrainingData(doc_ids=list(docs), docs=docs, queries=queries, relevant=relevant, triples=triples,
-                        held_out=sorted(held), pseudo_queries=pseudo, sources=[p.record for p in parts],
-                        fingerprint=digest)
+            pseudo |= set(part.queries)
+        triples.update(part.triples)
+    held = _held_out_queries(group, held_out, seed)
+    kept = sorted((q, p, n) for q, p, n in triples if q not in held and n not in relevant[q])
+    if not kept:
+        raise InputError("every training query was held out: lower --held-out or add data")
+    records = [_with_counts(part.record, part, held) for part in parts]
+    return TrainingData(doc_ids=[d for d in docs if d not in variants], docs=docs, queries=queries,
+                        relevant=relevant, judged=judged, triples=kept, held_out=sorted(held),
+                        pseudo_queries=pseudo, sources=records)
+
+
+def _held_out_queries(group: dict[str, str], held_out: float, seed: int) -> set[str]:
+    groups = sorted(set(group.values()))
+    random.Random(seed).shuffle(groups)
+    n_held = int(round(len(groups) * held_out))
+    if held_out > 0 and len(groups) - n_held < 1:
+        raise InputError(f"only {len(groups)} usable queries (or documents, for pseudo-queries): too few to hold "
+                         f"{held_out:.0%} out")
+    chosen = set(groups[:n_held])
+    return {q for q, g in group.items() if g in chosen}
+
+
+def _with_counts(record: dict[str, Any], part: Part, held: set[str]) -> dict[str, Any]:
+    train = [t for t in part.triples if t[0] not in held]
+    return record | {"train_queries": len({q for q, _, _ in train}), "triples": len(train),
+                     "held_out_queries": len(set(part.queries) & held)}
 
 
 def _text_id(prefix: str, text: str) -> str:

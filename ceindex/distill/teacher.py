@@ -33,14 +33,17 @@ def teacher_margins(
     texts = [(queries[q], docs[d]) for q, d in pairs]
     store = ScoreStore(cache_dir, f"teacher-ce-{model_sha256[:16]}-{max_length}")
 
-    def compute(missing: list[int]) -> np.ndarray:
-        from ceindex.models.scorer import CrossEncoderReranker
+    loaded: list = []
 
+    def compute(missing: list[int]) -> np.ndarray:
+        if not loaded:
+            from ceindex.models.scorer import CrossEncoderReranker
+
+            loaded.append(CrossEncoderReranker(model, batch_size=batch_size, max_length=max_length, dtype="float32",
+                                               device="cpu"))
         log.info("scoring %d (query, document) pairs with the teacher %s (max_length %d)", len(missing), model,
                  max_length)
-        reranker = CrossEncoderReranker(model, batch_size=batch_size, max_length=max_length, dtype="float32",
-                                        device="cpu")
-        return _score_with_progress(reranker, [texts[i] for i in missing], batch_size)
+        return _score_with_progress(loaded[0], [texts[i] for i in missing], batch_size)
 
     values = store.get_or_compute([text_key(q, d) for q, d in texts], compute)
     scores = {pair: float(v) for pair, v in zip(pairs, values)}

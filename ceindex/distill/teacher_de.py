@@ -34,10 +34,17 @@ def teacher_embeddings(
     return {i: matrix[row] for row, i in enumerate(ids)}
 
 
+_loaded: dict[tuple[str, int, int], object] = {}
+
+
 def _encode(model: str, texts: list[str], max_length: int, batch_size: int) -> np.ndarray:
     from ceindex.models import EncoderConfig, load_encoder
 
     log.info("embedding %d texts with the dual-encoder teacher %s (max_length %d)", len(texts), model, max_length)
-    encoder = load_encoder(EncoderConfig(kind="dual", model=model, max_length=max_length, batch_size=batch_size,
-                                         device="cpu", dtype="float32"))
-    return np.asarray(encoder.encode(texts, show_progress=len(texts) > batch_size), dtype=np.float32)
+    key = (model, max_length, batch_size)
+    if key not in _loaded:
+        _loaded.clear()  # one teacher at a time
+        _loaded[key] = load_encoder(EncoderConfig(kind="dual", model=model, max_length=max_length,
+                                                  batch_size=batch_size, device="cpu", dtype="float32"))
+    encoder = _loaded[key]
+    return np.asarray(encoder.encode(texts, show_progress=len(texts) > batch_size), dtype=np.float32)  # type: ignore[attr-defined]

@@ -182,7 +182,7 @@ def _identify(student: StudentConfig, train: TrainConfig, teacher_model: str | N
                           "alone), --triples FILE and/or --corpus PATH")
     source = resolve_source(student.source)
     teacher_sha = _teacher_sha(teacher_model) if train.teacher else None
-    de_sha = _teacher_de_sha(train.teacher_de) if train.teacher_de else None
+    de_sha = _teacher_de_sha(train.teacher_de) if train.teacher_de and train.de_weight > 0 else None
     fingerprint = settings_fingerprint(student, train, weights_sha256(source.path), teacher_sha, de_sha)
     return fingerprint, teacher_sha, de_sha
 
@@ -190,7 +190,8 @@ def _identify(student: StudentConfig, train: TrainConfig, teacher_model: str | N
 def _already_done(out: Path, existing: dict[str, Any]) -> DistillResult:
     log.info("%s already holds the model these settings train (finished %s); nothing to do",
              out, existing.get("finished"))
-    return DistillResult(out, existing, resumed_from_epoch=len(existing.get("epochs", [])), already_done=True)
+    epochs_done = len({e["epoch"] for e in existing.get("epochs", []) if not e.get("partial")})
+    return DistillResult(out, existing, resumed_from_epoch=epochs_done, already_done=True)
 
 
 def _prepare(
@@ -202,14 +203,15 @@ def _prepare(
     data = load_sources(train.source_specs(), held_out=train.held_out, seed=train.seed,
                         negatives_depth=train.negatives_depth)
     triples, margins = _triples(work, data, train, teacher_model, shas[0], cache_dir)
-    de_targets = _de_targets(data, triples, train, shas[1], cache_dir) if train.teacher_de else None
-    if de_targets is not None:
-        _check_dimensions(de_targets, student)
+    de_targets = None
+    if train.teacher_de and train.de_weight > 0:
+        _check_dimensions(_teacher_de_path(train.teacher_de), student)
+        de_targets = _de_targets(data, triples, train, shas[1], cache_dir)
     if not state.epochs_done and not state.epoch_steps_done:
         state.prepare_seconds = time.perf_counter() - prepared
     model, tokenizer, info = _model_for(work, state, student, train)
     state.student = info
-    relevant_held_out = {d for q in data.held_out for d in data.relevant[q]}
+    relevant_held_out = {d for q in data.held_out for d in data.judged[q]}
     eval_ids = eval_doc_ids(data.doc_ids, relevant_held_out, train.eval_docs, train.seed)
     plans = [plan_batches(triples, data.relevant, train.batch_size, train.seed, e) for e in range(1, train.epochs + 1)]
     optimizer, scheduler = _optimizer(model, train, sum(len(p) for p in plans))
@@ -328,12 +330,18 @@ def _de_targets(
     return queries, docs
 
 
-def _check_dimensions(targets: tuple[dict[str, np.ndarray], dict[str, np.ndarray]], student: StudentConfig) -> None:
-    import json as json_module
+def _check_dimensions(teacher: str, student: StudentConfig) -> None:
+    """Refuse a teacher of another width before paying for its embeddings."""
+    from transformers import AutoConfig
 
-    teacher_dims = len(next(iter(targets[1].values())))
-    config = json_module.loads((resolve_source(student.source).path / "config.json").read_text(encoding="utf-8"))
-    student_dims = int(config.get("hidden_size", teacher_dims))
+    def width(path: Path) -> int | None:
+        config = AutoConfig.from_pretrained(str(path))
+        value = getattr(config, "hidden_size", None) or getattr(config, "dim", None) or getattr(config, "d_model", None)
+        return int(value) if value else None
+
+    teacher_dims, student_dims = width(resolve_source(teacher).path), width(resolve_source(student.source).path)
+    if teacher_dims is None or student_dims is None:
+        raise ConfigError(f"cannot read the width of --teacher-de {teacher} or of the student; check both configs")
     if student_dims != teacher_dims:
         raise ConfigError(
             f"--teacher-de gives {teacher_dims}-dimensional vectors but the student has {student_dims}: the student "
@@ -521,6 +529,7 @@ def _track_best(state: RunState, record: EpochRecord, checkpoint: str, train: Tr
     score = record.held_out["ndcg@10"] if record.held_out else None
     if score is None or state.best_score is None or score > state.best_score:
         state.best_epoch, state.best_score, state.best = record.epoch, score, checkpoint
+        state.best_record = len(state.history)  # the index ``record`` gets in the history
     elif not record.partial and state.best_epoch is not None and record.epoch - state.best_epoch >= train.patience:
         state.stopped_early = True
         log.info("held-out nDCG@10 has not improved for %d epoch(s) (best %.4f at epoch %d): stopping early",
@@ -580,7 +589,7 @@ def _metadata(
     state: RunState, run: _Run, train: TrainConfig, student: StudentConfig, teacher_model: str | None,
     teacher_sha: str | None,
 ) -> dict[str, Any]:
-    best = next((h for h in state.history if h["epoch"] == state.best_epoch), None)
+    best = state.history[state.best_record] if state.best_record is not None else None
     return {
         "format": FORMAT,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -37,6 +37,7 @@ class RunState:
     stopped_early: bool = False
     checkpoint: str | None = None  # folder name under _work
     best: str | None = None
+    best_record: int | None = None  # index in ``history`` of the best record (an epoch may have a partial record)
     train_seconds: float = 0.0
     prepare_seconds: float = 0.0
     wall_seconds: float = 0.0  # end to end, summed over interrupted and resumed invocations
@@ -51,17 +52,15 @@ def settings_fingerprint(
     student_key = {"layers": student.layers, "copy": student.copy, "source_sha256": source_sha}
     if student.random_init:
         student_key["random_init"] = True
-    train_key = train.to_dict() | {"data_dir": _resolved(train.data_dir), "corpus": _resolved(train.corpus),
-                                   "triples": [_file_key(p) for p in (train.triples or "").split(",") if p.strip()]}
-    train_key.pop("max_minutes", None)
-    for optional in ("teacher_de", "de_weight", "de_kl_temperature"):
-        if not train.teacher_de:
-            train_key.pop(optional, None)
-    for optional, default in (("triples", []), ("drop_sources", None), ("corpus", None), ("max_triples", 0)):
-        if train_key.get(optional) == default:
-            train_key.pop(optional, None)
-    if not train.corpus and train.split.strip().lower() not in ("", "none"):
-        train_key.pop("pseudo_queries", None)
+    train_key = {k: v for k, v in train.to_dict().items() if k not in _NOT_IN_FINGERPRINT}
+    train_key["drop_sources"] = sorted(s.strip() for s in (train.drop_sources or "").split(",") if s.strip())
+    train_key["sources"] = [_spec_key(spec) for spec in train.source_specs()]
+    if not de_sha:
+        for key in ("de_weight", "de_kl_temperature"):
+            train_key.pop(key)
+    if not train.teacher:
+        for key in ("margin_weight", "teacher_max_length", "teacher_batch_size"):
+            train_key.pop(key)
     payload = {
         "student": student_key,
         "train": train_key,
@@ -73,20 +72,40 @@ def settings_fingerprint(
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def _file_key(path: str) -> list[str | None]:
-    """A triples file by path and content, so an edited file is never resumed as if it were the same."""
-    resolved = Path(path.strip()).expanduser().resolve()
-    if not resolved.is_file():
-        return [str(resolved), None]
+# Paths are replaced by the contents of the files they name (``sources``); the budget and the teacher's path
+# (its weights are hashed) do not decide the model.
+_NOT_IN_FINGERPRINT = ("data_dir", "split", "triples", "corpus", "drop_sources", "max_minutes", "teacher_de",
+                       "pseudo_queries", "max_triples")
+
+
+def _spec_key(spec: Any) -> dict[str, Any]:
+    """A training source by kind, settings and the sha256 of every file it reads, so an edited file is never
+    resumed or kept as if it were the same, and a moved one is."""
+    return {"kind": spec.kind, "split": spec.split if spec.kind == "qrels" else None, "limit": spec.limit,
+            "files": [_file_sha256(p) for p in _source_files(spec)]}
+
+
+def _source_files(spec: Any) -> list[Path]:
+    from ceindex.data.corpus import corpus_path
+    from ceindex.data.triples import sources_file
+
+    root = Path(spec.path.strip()).expanduser()
+    if spec.kind == "qrels":
+        return [root / "qrels" / f"{spec.split}.tsv", root / "queries.jsonl", corpus_path(root, None)]
+    if spec.kind == "corpus":
+        return [corpus_path(root, None) if root.is_dir() else root]
+    names = sources_file(root) if root.is_file() else None
+    return [root] + ([names] if names else [])
+
+
+def _file_sha256(path: Path) -> str | None:
+    if not path.is_file():
+        return None
     digest = hashlib.sha256()
-    with open(resolved, "rb") as handle:
+    with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return [str(resolved), digest.hexdigest()]
-
-
-def _resolved(path: str | None) -> str | None:
-    return str(Path(path.strip()).expanduser().resolve()) if path else None
+    return digest.hexdigest()
 
 
 def prepare_out_dir(out: Path, fingerprint: str, restart: bool) -> None:

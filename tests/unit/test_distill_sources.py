@@ -106,20 +106,36 @@ def test_specs_from_flags() -> None:
 
 # --------------------------------------------------------------------------- label-free
 def test_label_free_pseudo_queries_come_from_the_corpus_and_never_from_qrels(dataset: Path) -> None:
-    data = load_sources(specs_from(str(dataset), "none", None, None, None, 0, 0), held_out=0.1, seed=3)
+    data = load_sources(specs_from(str(dataset), "none", None, None, None, 0, 0), held_out=0.2, seed=3)
     corpus = [json.loads(line) for line in (dataset / "corpus.jsonl").read_text(encoding="utf-8").splitlines()]
     real_queries = {json.loads(line)["text"] for line in (dataset / "queries.jsonl").read_text(encoding="utf-8").splitlines()}
-    pieces = {d["title"] for d in corpus} | {d["text"] for d in corpus}
+    bodies = {f"{d['title']} {d['text']}" for d in corpus}
     assert data.queries and set(data.queries) == data.pseudo_queries
     for qid, text in data.queries.items():
         assert text not in real_queries
-        assert text in pieces or any(text in d["text"] for d in corpus), text
-        source_doc = qid.split("/", 1)[1].split("#")[0]
-        assert f"s0/{source_doc}" in data.relevant[qid]
+        (source,) = data.judged[qid]
+        assert data.docs[source] in bodies and text in data.docs[source]  # cut from its own document
+        assert source in data.doc_ids and source in data.relevant[qid]
     for qid, positive, negative in data.triples:
         assert negative not in data.relevant[qid] and data.queries[qid] not in data.docs[positive]
+        assert positive not in data.doc_ids  # passages cut from documents are trained on, never searched
+    # held out by document: no held-out query's document gives a training query
+    held_docs = {d for q in data.held_out for d in data.judged[q]}
+    assert held_docs and not held_docs & {d for q, _, _ in data.triples for d in data.judged[q]}
     assert data.sources[0]["by_kind"]["title"] > 0 and data.sources[0]["kind"] == "corpus"
     assert "qrels_sha256" not in data.sources[0]
+
+
+def test_a_query_in_two_sources_is_held_out_in_both(dataset: Path, tmp_path: Path) -> None:
+    queries = {json.loads(line)["_id"]: json.loads(line)["text"]
+               for line in (dataset / "queries.jsonl").read_text(encoding="utf-8").splitlines()}
+    rows = [f"{text}\tsome passage about {qid}\tanother passage {qid}" for qid, text in queries.items()]
+    path = write_triples(tmp_path / "same.tsv", rows)
+    data = load_sources([SourceSpec("qrels", str(dataset)), SourceSpec("triples", str(path))], held_out=0.25, seed=5)
+    assert len(data.queries) == len(queries)  # one id per query text, whichever source it came from
+    trained = {q for q, _, _ in data.triples}
+    assert data.held_out and not trained & set(data.held_out)
+    assert {len(data.relevant[q]) for q in data.queries} == {2}  # the qrels document and the file's passage
 
 
 def test_label_free_training_with_the_ce_teacher_lowers_the_loss(tiny_ce_dir: Path, dataset: Path, tmp_path: Path) -> None:
@@ -159,12 +175,14 @@ def test_de_teacher_vectors_are_cached_and_shared_by_the_arms(tiny_ce_dir: Path,
     assert len(list(cache.glob("teacher-de-*.keys.json"))) == 2  # queries and documents: two max lengths
 
 
-def test_a_teacher_of_another_width_is_refused(tiny_ce_dir: Path, dataset: Path, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_teacher_of_another_width_is_refused_before_it_embeds_anything(
+        tiny_ce_dir: Path, dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     teacher = build_tiny_sentence_transformer(tmp_path / "teacher")
-    monkeypatch.setattr(teacher_de, "_encode", lambda m, texts, n, b: np.ones((len(texts), 7), np.float32))
+    config = json.loads((teacher / "config.json").read_text(encoding="utf-8"))
+    (teacher / "config.json").write_text(json.dumps(config | {"hidden_size": 48}), encoding="utf-8")
+    monkeypatch.setattr(teacher_de, "_encode", lambda *a: pytest.fail("embedded before checking the width"))
     train = tiny_train(dataset, teacher=False, teacher_de=str(teacher))
-    with pytest.raises(ConfigError, match="7-dimensional vectors but the student has 32"):
+    with pytest.raises(ConfigError, match="48-dimensional vectors but the student has 32"):
         distill(StudentConfig(str(tiny_ce_dir)), train, tmp_path / "o", progress=False)
 
 
@@ -196,8 +214,9 @@ def test_time_budget_writes_the_best_model_so_far_and_a_rerun_continues(tiny_ce_
     records = done.metadata["epochs"]
     assert [(r["epoch"], r["partial"]) for r in records] == [(1, True), (1, False), (2, False)]
     assert records[1]["first_step"] == 1
-    full = len(json.loads((out / META_FILE).read_text(encoding="utf-8"))["epochs"])
-    assert full == 3
+    best = [r for r in records if r["held_out"]["ndcg@10"] == max(x["held_out"]["ndcg@10"] for x in records)][-1]
+    assert done.metadata["held_out_metrics"] == best["held_out"] or done.metadata["best_epoch"] == best["epoch"]
+    assert len(json.loads((out / META_FILE).read_text(encoding="utf-8"))["epochs"]) == 3
 
 
 def test_teacher_caches_compute_only_what_no_earlier_run_computed(tmp_path: Path) -> None:
@@ -218,3 +237,72 @@ def test_teacher_caches_compute_only_what_no_earlier_run_computed(tmp_path: Path
     assert got.tolist() == [[1, 0], [0, 1]] and again.tolist() == [[0, 1], [7, 7], [1, 0]]
     (tmp_path / "de.keys.json").write_text('["x"]', encoding="utf-8")  # rows and keys disagree: recompute
     assert VectorStore(tmp_path, "de").get_or_compute(["x"], lambda m: np.zeros((1, 2), np.float32)).tolist() == [[0, 0]]
+
+
+def test_a_stray_cr_keeps_the_row_and_its_source_and_mismatched_source_files_are_refused(tmp_path: Path) -> None:
+    path = write_triples(tmp_path / "t.tsv", ["q1\tp1 has\ra lone cr\tn1", "q2\tp2\tn2\t\t"])
+    (tmp_path / "t.source").write_bytes(b"\xef\xbb\xbfalpha\nbeta\n")
+    rows = list(read_triples(path))
+    assert [(r.query, r.negatives, r.source, r.line) for r in rows] == [
+        ("q1", ["n1"], "alpha", 1), ("q2", ["n2"], "beta", 2)]
+    (tmp_path / "t.source").write_text("alpha\n", encoding="utf-8")
+    with pytest.raises(InputError, match="fewer lines than"):
+        list(read_triples(path))
+    (tmp_path / "t.source").write_text("alpha\nbeta\ngamma\n", encoding="utf-8")
+    with pytest.raises(InputError, match="more lines than"):
+        list(read_triples(path))
+    header = write_triples(tmp_path / "h.tsv", ["query\tpositive\tnegative", "q\tp\tn"])
+    assert [r.query for r in read_triples(header)] == ["q"]
+
+
+def test_an_unknown_dropped_source_is_an_error_naming_the_known_ones(tmp_path: Path) -> None:
+    rows, sources = topic_triples()
+    path = write_triples(tmp_path / "mix.tsv.gz", rows, sources)
+    with pytest.raises(InputError, match="scifact_typo, which no row comes from; the sources in the file are: alpha, beta"):
+        load_sources(specs_from(None, "train", str(path), "alpha,scifact_typo", None, 0, 0), held_out=0.0, seed=1)
+
+
+def test_rows_without_a_usable_negative_get_a_mined_one(tmp_path: Path) -> None:
+    path = write_triples(tmp_path / "t.tsv", [
+        "plant sugar\tplant light sugar energy\tblack hole star",
+        "plant sugar\tsugar plant cell\t",  # no negative on this row although the query has one elsewhere
+        "bee bird\tbee bird sun plant\tplant light sugar energy",
+        "oxygen water\toxygen water carbon\toxygen water carbon dioxide",
+        "oxygen water\toxygen water carbon dioxide\tbattery ion",  # the negative above is a positive here
+        "battery ion\tbattery ion carbon energy\tvolcano earth",
+    ])
+    data = load_sources([SourceSpec("triples", str(path))], held_out=0.0, seed=1)
+    pairs = {(data.queries[q], data.docs[p]) for q, p, _ in data.triples}
+    assert ("plant sugar", "sugar plant cell") in pairs and ("oxygen water", "oxygen water carbon") in pairs
+    assert data.sources[0]["rows_negative_mined"] == 2 and len(pairs) == 6
+
+
+def test_training_on_a_triples_file_lowers_the_loss(tiny_ce_dir: Path, tmp_path: Path) -> None:
+    rows, sources = topic_triples(8)
+    path = write_triples(tmp_path / "mix.tsv", rows, None)
+    train = tiny_train(tmp_path, data_dir=None, triples=str(path), teacher=False, epochs=3, held_out=0.1)
+    meta = distill(StudentConfig(str(tiny_ce_dir)), train, tmp_path / "t", progress=False).metadata
+    losses = [e["loss"] for e in meta["epochs"]]
+    assert losses[-1] < losses[0] and meta["training_data"]["sources"][0]["kind"] == "triples"
+
+
+def test_ce_teacher_scores_are_reused_by_another_run(tiny_ce_dir: Path, dataset: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from ceindex.distill import teacher
+
+    scored: list[int] = []
+    real = teacher._score_with_progress
+
+    def counting(reranker, pairs, batch_size):  # type: ignore[no-untyped-def]
+        scored.append(len(pairs))
+        return real(reranker, pairs, batch_size)
+
+    monkeypatch.setattr(teacher, "_score_with_progress", counting)
+    cache = tmp_path / "cache"
+    train = tiny_train(dataset, epochs=1)
+    distill(StudentConfig(str(tiny_ce_dir)), train, tmp_path / "a", teacher_model=str(tiny_ce_dir), progress=False,
+            cache_dir=cache)
+    first = sum(scored)
+    distill(StudentConfig(str(tiny_ce_dir), copy=0), train, tmp_path / "b", teacher_model=str(tiny_ce_dir),
+            progress=False, cache_dir=cache)
+    assert first > 0 and sum(scored) == first  # the second arm scored nothing
