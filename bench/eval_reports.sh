@@ -3,12 +3,13 @@
 # (re-rank-only over the shipped BM25 top-100, and the pool as a corpus). Reports land in bench/results/eval-*.
 # Usage: bench/eval_reports.sh [LAYER [STAGE...]]
 #   LAYER: the layer `ceindex layers` picked (default 0)
-#   STAGE: scifact-embedded scifact-opensearch scifact-elasticsearch scifact-tuned dl19-rerank dl19-pool (default: all)
+#   STAGE: scifact-embedded scifact-opensearch scifact-elasticsearch scifact-opensearch3 scifact-tuned dl19-rerank
+#          dl19-pool (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LAYER="${1:-0}"
 shift || true
-STAGES="${*:-scifact-embedded scifact-opensearch scifact-elasticsearch scifact-tuned dl19-rerank dl19-pool}"
+STAGES="${*:-scifact-embedded scifact-opensearch scifact-elasticsearch scifact-opensearch3 scifact-tuned dl19-rerank dl19-pool}"
 SHARED="$(cd .. && pwd)/shared"
 CE="$SHARED/models/ce-minilm-l6-scifact"
 export CEINDEX_HOME="${CEINDEX_HOME:-$PWD/bench/results/home}"
@@ -42,6 +43,14 @@ if want scifact-elasticsearch; then
   NODE_PID=$!
   for _ in $(seq 1 180); do curl -sf http://127.0.0.1:9251/_cluster/health >/dev/null && break; sleep 1; done
   scifact elasticsearch --cluster http://127.0.0.1:9251
+  cleanup; NODE_PID=""
+fi
+if want scifact-opensearch3; then
+  # the OpenSearch 3.5 test node (k-NN, no neural-search: ceindex fuses client-side)
+  .venv/bin/python -m ceindex.testing.opensearch_node --v3 --port 9252 > "$OUT/os3-node.log" 2>&1 &
+  NODE_PID=$!
+  for _ in $(seq 1 180); do curl -sf http://127.0.0.1:9252/_cluster/health >/dev/null && break; sleep 1; done
+  scifact opensearch3 --cluster http://127.0.0.1:9252
   cleanup; NODE_PID=""
 fi
 if want scifact-tuned; then
