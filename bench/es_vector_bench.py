@@ -36,7 +36,7 @@ def _write(backend: ElasticsearchBackend, state: BuildState, docs: list, vectors
     for start in range(0, len(docs), 500):
         assert not backend.write(state, docs[start:start + 500], vectors[start:start + 500])
     backend.seal(state, IndexSettings())
-    backend.client.indices.forcemerge(index=state.physical, max_num_segments=1, request_timeout=600)
+    backend.client.options(request_timeout=600).indices.forcemerge(index=state.physical, max_num_segments=1)
     return time.perf_counter() - began
 
 
