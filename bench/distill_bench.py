@@ -240,7 +240,8 @@ def hybrid_section(args: argparse.Namespace, data: Path, encoders: dict, layer: 
                             rejects_path=Path(home) / "rejects.jsonl", progress=False)
             finally:
                 backend.close()
-            systems = ["hybrid-rrf"] + (["hybrid-rrf+rerank"] if rerank else [])
+            rerank_this = rerank and not any(skip in name for skip in args.no_rerank_for)
+            systems = ["hybrid-rrf"] + (["hybrid-rrf+rerank"] if rerank_this else [])
             if n == 0:
                 systems = ["bm25"] + (["bm25+rerank"] if rerank else []) + systems
             out_dir = Path(home) / f"eval-{n}"
@@ -334,7 +335,8 @@ def dl19_section(args: argparse.Namespace, encoders: dict, layer: int) -> dict[s
     chosen = {n: e for n, e in encoders.items() if n in (TRAIN_MIX, BEST, BASELINE)}
     docs, qrels, qids, qtexts = corpus_of(DL19)
     dense, vectors, _ = dense_section(chosen, layer, args.max_length, docs, qrels, qids, qtexts)
-    plain, reranked = hybrid_section(args, DL19, chosen, layer, docs, vectors, rerank=not args.no_rerank)
+    plain, reranked = hybrid_section(args, DL19, chosen, layer, docs, vectors,
+                                     rerank=not (args.no_rerank or args.dl19_no_rerank))
     print("\n## TREC DL19 (BM25 top-100 pool as corpus), dense; † = differs from BM25\n")
     print(dense.markdown())
     print("\n## TREC DL19, hybrid (RRF), no re-rank\n")
@@ -373,8 +375,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rerank-top", type=int, default=20)
     parser.add_argument("--rerank-max-length", type=int, default=192)
     parser.add_argument("--no-rerank", action="store_true", help="skip the CE re-rank rows (the slow part)")
+    parser.add_argument("--no-rerank-for", action="append", default=[], metavar="TEXT",
+                        help="skip the re-rank row of systems whose label contains TEXT (repeatable)")
     parser.add_argument("--skip-throughput", action="store_true", help="e.g. to fill the caches on a busy machine")
     parser.add_argument("--skip-dl19", action="store_true")
+    parser.add_argument("--dl19-no-rerank", action="store_true", help="DL19 rows without the re-rank systems")
     parser.add_argument("--throughput-docs", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="distill.json")

@@ -40,6 +40,7 @@ COMMAND_SETTINGS: dict[str, tuple[str, ...]] = {
 SHARED_FLAGS: dict[tuple[str, str], str] = {
     ("eval", "--split"): "the qrels split of this evaluation run (layers.split/distill.split are other commands')",
     ("eval", "--baseline"): "the name of the system the others are tested against, not a model",
+    ("build", "--corpus"): "the corpus file to index (distill.corpus is the label-free training corpus)",
 }
 
 
