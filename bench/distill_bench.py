@@ -244,13 +244,19 @@ def hybrid_section(args: argparse.Namespace, data: Path, encoders: dict, layer: 
             systems = ["hybrid-rrf"] + (["hybrid-rrf+rerank"] if rerank_this else [])
             if n == 0:
                 systems = ["bm25"] + (["bm25+rerank"] if rerank else []) + systems
-            out_dir = Path(home) / f"eval-{n}"
-            evaluate(settings, EvalRequest(data_dir=data, split="test", systems=",".join(systems), progress=False), out_dir)
-            for system in systems:
-                label = "BM25" if system.startswith("bm25") else name
-                trec = out_dir / "runs" / f"{system.replace('+', '_plus_')}.trec"
-                run = SystemRun(label, Run.from_file(str(trec), kind="trec").to_dict())
-                (reranked if system.endswith("+rerank") else plain).append(run)
+            # re-rank rows at depth rerank_top: deeper pages re-rank further windows (20 -> 100 pairs per query)
+            for chosen, depth in (([x for x in systems if not x.endswith("+rerank")], 100),
+                                  ([x for x in systems if x.endswith("+rerank")], args.rerank_top)):
+                if not chosen:
+                    continue
+                out_dir = Path(home) / f"eval-{n}-{depth}"
+                evaluate(settings, EvalRequest(data_dir=data, split="test", systems=",".join(chosen), depth=depth,
+                                               progress=False), out_dir)
+                for system in chosen:
+                    label = "BM25" if system.startswith("bm25") else name
+                    trec = out_dir / "runs" / f"{system.replace('+', '_plus_')}.trec"
+                    run = SystemRun(label, Run.from_file(str(trec), kind="trec").to_dict())
+                    (reranked if system.endswith("+rerank") else plain).append(run)
             log.info("hybrid %s done", name)
         qrels = load_topics(data, "test").qrels
     return score_runs(qrels, plain, baseline="BM25"), score_runs(qrels, reranked, baseline="BM25") if rerank else None
