@@ -99,7 +99,7 @@ class SearchConfig:
     rerank_top: int = _opt(50, "--rerank-top", "How many fused candidates the cross-encoder re-ranks: the re-rank window. A page reaching past it (offset + k > rerank_top) re-ranks the next window too, each window in itself, so pages never change the order.")
     rerank_model: str | None = _opt(None, "--rerank-model", "Cross-encoder for re-ranking (default: the encoder's CE model).")
     rerank_batch_size: int = _opt(32, "--rerank-batch-size", "Pairs per cross-encoder batch.")
-    rerank_max_length: int = _opt(256, "--rerank-max-length", "Max tokens of a (query, document) pair.")
+    rerank_max_length: int | None = _opt(None, "--rerank-max-length", "Max tokens of a (query, document) pair. Unset = the length the cross-encoder was trained at, read from its files (sentence-transformers max_seq_length, the tokenizer's model_max_length below the position limit, or its saved max_length), else 256.")
     rerank_dtype: str = _opt("float32", "--rerank-dtype", "float32, bfloat16, or int8 (CPU dynamic quantisation).", DTYPES)
     max_query_chars: int = _opt(2000, "--max-query-chars", "Longer queries are refused.")
     max_depth: int = _opt(1000, "--max-depth", "Deepest result position a page may reach (offset + k; at most 10000); deeper pages are refused.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import threading
 from functools import lru_cache
@@ -130,6 +131,52 @@ def effective_max_length(requested: int, model: torch.nn.Module, tokenizer: Any)
         log.warning("max_length %d exceeds what the model accepts; using %d", requested, limit)
         return limit
     return requested
+
+
+DEFAULT_PAIR_MAX_LENGTH = 256  # a (query, document) pair's token limit when the model's files do not say
+
+
+def training_max_length(model: torch.nn.Module, tokenizer: Any) -> tuple[int | None, str]:
+    """The input length a model was trained at, as its own files record it, and where that came from.
+
+    In order: sentence-transformers' ``sentence_bert_config.json`` ``max_seq_length``; the tokenizer's
+    ``model_max_length`` when it is below the position limit (sentence-transformers' CrossEncoder saves its
+    ``max_length`` there; a value equal to the positions only says what the architecture allows); the tokenizer's
+    saved truncation ``max_length`` (what ``tokenizer(..., max_length=N)`` during training leaves in
+    tokenizer_config.json). ``(None, reason)`` when none of them says.
+    """
+    folder = Path(str(getattr(tokenizer, "name_or_path", "") or ""))
+    st_config = folder / "sentence_bert_config.json"
+    if st_config.is_file():
+        try:
+            value = json.loads(st_config.read_text(encoding="utf-8")).get("max_seq_length")
+        except (OSError, ValueError, AttributeError):
+            value = None
+        if _is_length(value):
+            return int(value), "sentence_bert_config.json max_seq_length"
+    positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+    model_max = getattr(tokenizer, "model_max_length", None)
+    if _is_length(model_max) and (positions == 0 or model_max < positions):
+        return int(model_max), "tokenizer model_max_length"
+    saved = (getattr(tokenizer, "init_kwargs", None) or {}).get("max_length")
+    if _is_length(saved):
+        return int(saved), "tokenizer_config.json max_length"
+    return None, "the model's files record no training length"
+
+
+def _is_length(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1_000_000
+
+
+def pair_max_length(requested: int | None, model: torch.nn.Module, tokenizer: Any) -> tuple[int, str]:
+    """The pair length to run at: ``requested``, else the model's training length, else
+    :data:`DEFAULT_PAIR_MAX_LENGTH`; always capped by :func:`effective_max_length`. Returns (length, why)."""
+    if requested is not None:
+        return effective_max_length(requested, model, tokenizer), "set"
+    trained, source = training_max_length(model, tokenizer)
+    if trained is None:
+        return effective_max_length(DEFAULT_PAIR_MAX_LENGTH, model, tokenizer), f"default ({source})"
+    return effective_max_length(trained, model, tokenizer), f"the model's training length ({source})"
 
 
 # --------------------------------------------------------------------------- loading

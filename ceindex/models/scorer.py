@@ -15,9 +15,9 @@ import torch
 from ceindex.models.assemble import InputAssembler
 from ceindex.models.runtime import (
     SerialTokenizer,
-    effective_max_length,
     length_sorted_batches,
     load_pretrained,
+    pair_max_length,
     prepare_model,
     resolve_device,
 )
@@ -29,20 +29,22 @@ class CrossEncoderReranker:
     """Scores pairs with ``AutoModelForSequenceClassification`` (higher = more relevant)."""
 
     def __init__(
-        self, model: str, *, batch_size: int = 32, max_length: int = 256, dtype: str = "float32", device: str = "auto"
+        self, model: str, *, batch_size: int = 32, max_length: int | None = None, dtype: str = "float32",
+        device: str = "auto",
     ) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.model_ref = model
         self.batch_size = batch_size
-        self.max_length = max_length
         self.device = resolve_device(device)
         self.tokenizer = load_pretrained(model, "ce-layer", AutoTokenizer.from_pretrained, "cross-encoder tokenizer")
         loaded = load_pretrained(
             model, "ce-layer", AutoModelForSequenceClassification.from_pretrained, "cross-encoder"
         )
         self.model = prepare_model(loaded, dtype, self.device)
-        self.max_length = effective_max_length(max_length, self.model, self.tokenizer)  # what the positions allow
+        # None = the length the CE was trained at (its files say), capped by what the positions allow
+        self.max_length, self.max_length_source = pair_max_length(max_length, self.model, self.tokenizer)
+        logger.info("re-ranker %s: pairs cut at %d tokens (%s)", model, self.max_length, self.max_length_source)
         # a query's text is shared by all its pairs and a document's by every query that retrieved it: tokenise
         # each distinct text once and assemble the pairs (identical to the tokenizer's own pair encoding)
         self._assembler = InputAssembler.for_tokenizer(self.tokenizer, pair=True, warn=True)
