@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from ceindex.data.slices import parse_slice
 from ceindex.errors import ConfigError
 from ceindex.filters import parse_field_types
 from ceindex.redact import redact_deep
@@ -79,9 +80,12 @@ class BuildConfig:
     allow_empty: bool = _opt(False, "--allow-empty/--no-allow-empty", "Publish a build that holds 0 documents (otherwise it is kept unpublished and the alias stays).")
     fields: dict = _opt({}, "--field", "Typed metadata fields for filters, NAME=TYPE (repeatable; in the file a mapping such as {lang: keyword, year: integer}); TYPE is keyword, integer, double, date or boolean, with [] for a list (keyword[]). A value that does not fit is a reject.", metavar="NAME=TYPE")
     infer_fields: bool = _opt(True, "--infer-fields/--no-infer-fields", "When no --field is declared, type the metadata fields from the first 1000 rows (the build prints them so you can pin them).")
+    slice: str | None = _opt(None, "--slice", "Build only slice I of N (rows whose id hashes to I) into the one index that all N slices share; each slice resumes on its own; `ceindex build --finalize` then checks the count and moves the alias once all N are done.", metavar="I/N")
 
     def __post_init__(self) -> None:
         parse_field_types(self.fields)
+        if self.slice is not None:
+            parse_slice(self.slice)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -60,6 +60,8 @@ class BuildSummary:
     # batches the encoder tokenised the slow way because its input assembler could not mirror the tokenizer
     # (None: the encoder does not count them)
     assembler_fallback_batches: int | None = None
+    slice: str | None = None  # "I/N" for one slice of a sliced build, "finalize" for its finalize, else None
+    slices_pending: list[str] = field(default_factory=list)  # slices of the sliced build not yet complete
 
     @property
     def count_ok(self) -> bool:
@@ -201,12 +203,20 @@ def _load(
     summary: BuildSummary,
     progress: bool,
     types: dict[str, FieldType],
+    *,
+    keep: Callable[[Document | Rejected], bool] | None = None,
+    commit: Callable[[BuildState], None] | None = None,
 ) -> list[Rejected]:
-    """Read, validate, embed and write the corpus in committed batches (embedding overlaps the previous write)."""
+    """Read, validate, embed and write the corpus in committed batches (embedding overlaps the previous write).
+
+    ``keep`` (a slice build): only the rows it keeps are validated, counted and written; ``state.committed`` is
+    still the position in the whole corpus. ``commit`` records the progress (default ``backend.commit``)."""
     rejects: list[Rejected] = []
     first_line: dict[str, int] = {}
     read_timer = [0.0]
     position = 0
+    kept = 0
+    commit = commit or backend.commit
     records = read_documents(corpus, id_field=build.id_field, text_field=build.text_field, title_field=build.title_field)
     bar = tqdm(desc=f"build {state.alias}", unit="doc", disable=not progress, initial=0)
 
@@ -214,7 +224,7 @@ def _load(
         begin = time.perf_counter()
         state.record_refused(backend.write(state, docs, vectors) if docs else [])
         state.committed = end
-        backend.commit(state)  # the position and the refused rows become durable together
+        commit(state)  # the position and the refused rows become durable together
         return time.perf_counter() - begin
 
     pending: Future | None = None
@@ -223,6 +233,9 @@ def _load(
             good: list[Document] = []
             for record in batch:
                 position += 1
+                if keep is not None and not keep(record):
+                    continue
+                kept += 1
                 if isinstance(record, Document) and types:
                     record = _typed(record, types, str(corpus))
                 if isinstance(record, Document) and record.id in first_line:
@@ -233,7 +246,7 @@ def _load(
                 first_line[record.id] = record.line
                 if position > state.committed:
                     good.append(record)
-            summary.read = position
+            summary.read = kept
             bar.update(len(batch))
             if position <= state.committed:
                 continue

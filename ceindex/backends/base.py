@@ -46,6 +46,7 @@ class BuildState:
     refused: list[dict[str, Any]] = field(default_factory=list)  # the first MAX_REFUSED_KEPT, as Rejected.to_dict()
     refused_total: int = 0
     fields: dict[str, str] = field(default_factory=dict)  # typed metadata fields, {"lang": "keyword", ...}
+    slices: int = 0  # N for a build filled by N slice builders (``ceindex build --slice I/N``), else 0
 
     def record_refused(self, rows: Sequence[Rejected]) -> None:
         self.refused_total += len(rows)
@@ -55,6 +56,8 @@ class BuildState:
     def to_meta(self) -> dict[str, Any]:
         build = {"status": self.status, "committed": self.committed, "corpus": self.corpus_fingerprint,
                  "refused": self.refused, "refused_total": self.refused_total}
+        if self.slices:
+            build["slices"] = self.slices
         return {
             "ceindex_mapping_version": MAPPING_VERSION,
             "alias": self.alias,
@@ -76,6 +79,7 @@ class BuildState:
             refused=list(build.get("refused", [])),
             refused_total=int(build.get("refused_total", 0)),
             fields=dict(meta.get("fields") or {}),
+            slices=int(build.get("slices", 0)),
         )
 
 
@@ -111,6 +115,10 @@ def lock_holder() -> str:
     return f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
 
 
+class BuildLockBusy(BackendError):
+    """Another live builder holds the build lock asked for."""
+
+
 class Backend(ABC):
     """Where documents and vectors live; used by ``ceindex build`` and the search pipeline."""
 
@@ -128,7 +136,7 @@ class Backend(ABC):
             if meta.get("alias") != alias or "encoder" not in meta or physical == published:
                 continue
             state = BuildState.from_meta(physical, meta)
-            if state.corpus_fingerprint != corpus_fingerprint or state.status == FAILED:
+            if state.corpus_fingerprint != corpus_fingerprint or state.status == FAILED or state.slices:
                 continue
             diffs = state.encoder.build_differences(encoder)
             if diffs:
@@ -145,7 +153,7 @@ class Backend(ABC):
 
     @staticmethod
     def lock_conflict(alias: str, holder: str) -> BackendError:
-        return BackendError(
+        return BuildLockBusy(
             f"index '{alias}' is being built right now by {holder}; wait for that build to finish (or stop it) — "
             "two builders of one index would overwrite each other"
         )
@@ -184,6 +192,17 @@ class Backend(ABC):
     def prune(self, alias: str) -> list[str]:
         """Delete physical indexes recorded as builds of exactly ``alias`` (by name and metadata) that the alias no
         longer points at; never another alias's indexes. Return their names."""
+
+    # --- sliced builds (``ceindex build --slice I/N``: N builders fill one physical index) ----------
+    # Each slice records its own progress apart from the index's build state (the slices commit at the same time,
+    # so one shared record would lose updates); the lock ``slice_lock_name(alias, I, N)`` guards it.
+    def read_slices(self, state: BuildState) -> dict[int, dict[str, Any]]:
+        """``{slice number: its last committed record}`` of the sliced build ``state`` (never-started ones absent)."""
+        raise BackendError(f"the {type(self).__name__} store cannot build in slices; build without --slice")
+
+    def commit_slice(self, state: BuildState, number: int, record: dict[str, Any]) -> None:
+        """Make everything written so far durable and record slice ``number``'s progress ``record``."""
+        raise BackendError(f"the {type(self).__name__} store cannot build in slices; build without --slice")
 
     # --- searching --------------------------------------------------------------------------
     @abstractmethod

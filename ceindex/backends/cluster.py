@@ -16,7 +16,7 @@ import numpy as np
 
 from ceindex.backends.base import COMPLETE, Backend, BuildState, Hit, IndexInfo, IndexSettings
 from ceindex.backends.cluster_lock import ClientErrors, ClusterBuildLock
-from ceindex.backends.names import index_name, is_physical_of, searchable_name
+from ceindex.backends.names import LOCKS_INDEX, index_name, is_physical_of, searchable_name, slice_lock_name
 from ceindex.data.corpus import Document, Rejected
 from ceindex.errors import BackendError
 from ceindex.models.base import EncoderDescription
@@ -224,6 +224,26 @@ class ClusterBackend(Backend):
             index=state.physical,
             body={"_meta": state.to_meta()},
         )
+
+    # --- sliced builds: each slice's progress is a document in the build-lock index ----------
+    @staticmethod
+    def _slice_id(physical: str, number: int, count: int) -> str:
+        return f"progress:{physical}:{number}/{count}"
+
+    def read_slices(self, state: BuildState) -> dict[int, dict[str, Any]]:
+        ids = [self._slice_id(state.physical, n, state.slices) for n in range(1, state.slices + 1)]
+        try:
+            found = body_of(self.client.mget(index=LOCKS_INDEX, body={"ids": ids}))
+        except self.errors.not_found:  # no build lock was ever taken on this cluster
+            return {}
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(exc, f"reading the slice progress of {state.physical}") from exc
+        return {n: doc["_source"] for n, doc in enumerate(found["docs"], start=1) if doc.get("found")}
+
+    def commit_slice(self, state: BuildState, number: int, record: dict[str, Any]) -> None:
+        self.locks.check(slice_lock_name(state.alias, number, state.slices))
+        self._call(f"recording the progress of slice {number}/{state.slices} of {state.physical}", self.client.index,
+                   index=LOCKS_INDEX, id=self._slice_id(state.physical, number, state.slices), body=record)
 
     def seal(self, state: BuildState, settings: IndexSettings) -> int:
         self.locks.check(state.alias)

@@ -53,6 +53,13 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+SLICE_WAIT_S = 60.0
+
+
+def _slice_key(number: int, count: int) -> str:
+    return f"slice-{number}-of-{count}"
+
+
 class _LoadedIndex:
     """A finished index opened for search (vectors memory-mapped, BM25 loaded once)."""
 
@@ -181,7 +188,9 @@ class EmbeddedBackend(Backend):
             folder = self._folder(state.physical)
             folder.mkdir(parents=True, exist_ok=True)
             # Written from the build's writer thread, one batch at a time (never concurrently).
-            db = sqlite3.connect(folder / "docs.sqlite", check_same_thread=False)
+            # N slice builders (``--slice I/N``) may write the same file from N processes: SQLite serialises them,
+            # a writer waiting up to SLICE_WAIT_S for another's transaction
+            db = sqlite3.connect(folder / "docs.sqlite", check_same_thread=False, timeout=SLICE_WAIT_S)
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
             self._writers[state.physical] = db
@@ -204,6 +213,17 @@ class EmbeddedBackend(Backend):
     def commit(self, state: BuildState) -> None:
         db = self._writer(state)
         db.execute("INSERT OR REPLACE INTO meta VALUES ('state', ?)", (json.dumps(state.to_meta()),))
+        db.commit()
+
+    def read_slices(self, state: BuildState) -> dict[int, dict[str, Any]]:
+        rows = self._writer(state).execute("SELECT key, value FROM meta WHERE key LIKE 'slice-%'")
+        records = {key: json.loads(value) for key, value in rows}
+        return {n: records[_slice_key(n, state.slices)] for n in range(1, state.slices + 1)
+                if _slice_key(n, state.slices) in records}
+
+    def commit_slice(self, state: BuildState, number: int, record: dict[str, Any]) -> None:
+        db = self._writer(state)  # the slice's documents and its progress become durable together
+        db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_slice_key(number, state.slices), json.dumps(record)))
         db.commit()
 
     def seal(self, state: BuildState, settings: IndexSettings) -> int:

@@ -67,3 +67,8 @@ def searchable_name(name: object) -> str:
         index_name(name[:-_STAMP_CHARS])
         return name
     return index_name(name)
+
+
+def slice_lock_name(alias: str, number: int, count: int) -> str:
+    """The build-lock name of slice ``number`` of ``count`` of a sliced build of ``alias``."""
+    return index_name(f"{index_name(alias)}.slice-{number}-of-{count}")

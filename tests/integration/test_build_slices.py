@@ -1,0 +1,163 @@
+"""``ceindex build --slice I/N`` + ``--finalize`` on the embedded store and the real OpenSearch node: three slices
+fill one index, one crashes and resumes on its own, the alias moves only at the finalize, and slices with other
+encoder settings or another N are refused."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ceindex.backends import open_backend
+from ceindex.config import BuildConfig, OpenSearchConfig, Settings
+from ceindex.data.slices import SliceSpec
+from ceindex.errors import BackendError, EncoderMismatchError
+from ceindex.models import EncoderConfig, load_encoder
+from indexer.build import build_index
+from indexer.slices import build_slice, finalize_slices
+from tests.conftest import BACKEND_PARAMS, REPO, SAMPLE, cluster_url
+
+CORPUS = SAMPLE / "corpus.jsonl"
+IDS = {json.loads(line)["_id"] for line in CORPUS.read_text().splitlines() if line.strip()}
+
+
+@pytest.fixture(params=BACKEND_PARAMS)
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    base = Settings(index=f"sl{uuid.uuid4().hex[:8]}", home=str(tmp_path / "home"),
+                    build=BuildConfig(encode_batch_docs=5, chunk_docs=4))
+    url = cluster_url(request, request.param)
+    if url:
+        base = replace(base, opensearch=OpenSearchConfig(url=url, max_retries=1, timeout=10))
+    return base
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_ce_dir: Path):
+    return load_encoder(EncoderConfig(model=str(tiny_ce_dir), layer=1, max_length=64, batch_size=8))
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def _slice(settings: Settings, encoder, spec: SliceSpec, tmp_path: Path, crash_at_write: int = 0):
+    backend = open_backend(settings)
+    if crash_at_write:
+        real_write, writes = backend.write, []
+
+        def crashing_write(state, docs, vectors):
+            writes.append(len(docs))
+            if len(writes) == crash_at_write:
+                raise _Crash("builder killed mid-slice")
+            return real_write(state, docs, vectors)
+
+        backend.write = crashing_write  # type: ignore[method-assign]
+    try:
+        return build_slice(backend, encoder, CORPUS, settings.index, settings.build, spec,
+                           rejects_path=tmp_path / f"{spec.key}.jsonl", progress=False)
+    finally:
+        backend.close()
+
+
+def _finalize(settings: Settings, **kw):
+    backend = open_backend(settings)
+    try:
+        return finalize_slices(backend, CORPUS, settings.index, settings.build, **kw)
+    finally:
+        backend.close()
+
+
+def _alias_target(settings: Settings) -> str | None:
+    backend = open_backend(settings)
+    try:
+        return backend.alias_target(settings.index)
+    finally:
+        backend.close()
+
+
+def test_three_slices_one_crashed_and_resumed_then_one_finalize(settings: Settings, encoder, tiny_ce_dir: Path,
+                                                               tmp_path: Path) -> None:
+    first = _slice(settings, encoder, SliceSpec(1, 3), tmp_path)
+    assert first.slices_pending == ["2/3 (never started)", "3/3 (never started)"]
+    with pytest.raises(_Crash):
+        _slice(settings, encoder, SliceSpec(2, 3), tmp_path, crash_at_write=2)
+    with pytest.raises(BackendError, match=r"slice\(s\) 2/3 \(unfinished: 15 corpus rows committed\), "
+                                           r"3/3 \(never started\) not done"):
+        _finalize(settings)
+    assert _alias_target(settings) is None, "the alias must not move before all slices and the finalize"
+
+    shorter = load_encoder(EncoderConfig(model=str(tiny_ce_dir), layer=1, max_length=32, batch_size=8))
+    with pytest.raises(EncoderMismatchError, match=r"slice 3/3 refused: .*max_length: the build has 64, this slice 32"):
+        _slice(settings, shorter, SliceSpec(3, 3), tmp_path)
+    with pytest.raises(BackendError, match="cut into 3 slices, not 4"):
+        _slice(settings, encoder, SliceSpec(3, 4), tmp_path)
+
+    third = _slice(settings, encoder, SliceSpec(3, 3), tmp_path)
+    assert third.slices_pending == ["2/3 (unfinished: 15 corpus rows committed)"]
+    second = _slice(settings, encoder, SliceSpec(2, 3), tmp_path)  # the rerun resumes after its committed batch
+    assert second.resumed_from == 15 and 0 < second.encoded < second.read and second.slices_pending == []
+    assert _alias_target(settings) is None
+    again = _slice(settings, encoder, SliceSpec(1, 3), tmp_path)  # a done slice rerun does nothing
+    assert again.encoded == 0 and again.read == first.read
+
+    assert first.physical == second.physical == third.physical
+    assert first.read + second.read + third.read == len(IDS) == 30
+    assert all(s.rejected == 0 for s in (first, second, third))
+
+    final = _finalize(settings)
+    assert final.published and final.count_ok and (final.read, final.indexed, final.rejected) == (30, 30, 0)
+    assert _alias_target(settings) == first.physical
+    backend = open_backend(settings)
+    try:
+        info = backend.info(settings.index)
+        assert info.count == 30 and info.encoder == encoder.describe()
+        assert set(backend.fetch(settings.index, sorted(IDS))) == IDS, "union of the slices == the corpus"
+        sliced_knn = backend.knn(settings.index, encoder.encode(["lithium battery", "gene expression"]), 30)
+    finally:
+        backend.close()
+    # the vectors are those an unsliced build writes: every k-NN ranking is the same
+    plain = replace(settings, index=settings.index + "p")
+    backend = open_backend(plain)
+    try:
+        build_index(backend, encoder, CORPUS, plain.index, plain.build, rejects_path=tmp_path / "p.jsonl",
+                    progress=False)
+        plain_knn = backend.knn(plain.index, encoder.encode(["lithium battery", "gene expression"]), 30)
+    finally:
+        backend.close()
+    assert [[h.id for h in hits] for hits in sliced_knn] == [[h.id for h in hits] for hits in plain_knn]
+    assert np.allclose([[h.score for h in hits] for hits in sliced_knn], [[h.score for h in hits] for hits in plain_knn],
+                       atol=1e-5)
+    with pytest.raises(BackendError, match="no unpublished sliced build"):
+        _finalize(settings)
+
+
+def test_three_slice_processes_at_once_then_finalize_on_the_cli(settings: Settings, tiny_ce_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """Three `ceindex build --slice I/3` processes start together (they take the alias lock in turn to agree on
+    one index, then commit their progress side by side); `--finalize` publishes."""
+    flags = ["--index", settings.index, "--corpus", str(CORPUS), "--encoder", f"ce:{tiny_ce_dir},layer=1",
+             "--max-length", "64", "--encode-batch-docs", "5", "--no-progress"]
+    if settings.opensearch.url:
+        flags += ["--cluster", settings.opensearch.url]
+    env = os.environ | {"CEINDEX_HOME": settings.home or "", "TOKENIZERS_PARALLELISM": "false",
+                        "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "ceindex.cli", "-q", "build", *flags]
+    procs = [subprocess.Popen([*cmd, "--slice", f"{n}/3", "--json"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for n in (1, 2, 3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in outs]
+    summaries = [json.loads(out) for out, _ in outs]
+    assert len({s["physical"] for s in summaries}) == 1, "all slices wrote into one index"
+    assert sum(s["read"] for s in summaries) == 30 and _alias_target(settings) is None
+    final = subprocess.run([*cmd, "--finalize", "--json"], cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert final.returncode == 0, final.stderr[-2000:]
+    result = json.loads(final.stdout)
+    assert result["published"] and result["count_ok"] and result["indexed"] == 30
+    assert _alias_target(settings) == summaries[0]["physical"]
