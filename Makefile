@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ceindex-installed
 
-.PHONY: demo test unit integration reliability node es-node bench-encode clean
+.PHONY: demo test unit integration cluster cluster-node reliability node es-node bench-encode clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	$(PY) -m pytest tests/integration -v
+
+# The three-node OpenSearch 2.19 cluster tests (three loopback JVMs, 512 MB heap each): faults and 3-shard fusion
+cluster: $(STAMP)
+	$(PY) -m pytest tests/cluster -v
+
+# Start that three-node cluster by hand (settings from docker/docker-compose.cluster.yml; Ctrl-C stops it).
+cluster-node: $(STAMP)
+	$(PY) -m ceindex.testing.opensearch_cluster
 
 # Concurrency, hostile input, destructive rebuilds and serve limits (uses the real node too)
 reliability: $(STAMP)
