@@ -12,6 +12,12 @@ Hostile or merely heavy traffic is bounded (``serve`` section of the configurati
   one; beyond that -> 503 with ``Retry-After``;
 * a request's queries run in chunks of :data:`QUERIES_PER_CHUNK`; between chunks the worker stops when the
   request's ``request_timeout`` passed (-> 504), its client disconnected, or the server is shutting down;
+* with ``batching`` the re-rank pairs of concurrent searches are scored together by one scoring thread
+  (``search_pipeline.batcher``); a search waits for its scores only until its deadline, disconnect or shutdown;
+* ``score_cache_size`` > 0 keeps cross-encoder scores of repeated pairs (``search_pipeline.score_cache``);
+* ``GET /healthz`` runs on the event loop from an index description refreshed at most every
+  :data:`HEALTH_TTL_S` on a thread of its own, and responses are rendered on worker threads, so a health check
+  never waits behind searches, the models or a big response;
 * with an API key (``$CEINDEX_API_KEY`` for ``ceindex serve``) every endpoint but ``GET /healthz`` needs
   ``Authorization: Bearer <key>`` -> 401 otherwise.
 """
@@ -27,20 +33,23 @@ import signal
 import threading
 import time
 import uuid
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ceindex.config import API_KEY_ENV, ServeConfig
 from ceindex.errors import BackendError, CeindexError, ConfigError, InputError
+from search_pipeline.batcher import Abandoned, RerankBatcher, waiting_limited_by
 from search_pipeline.pipeline import MAX_K, SearchPipeline, SearchResult
+from search_pipeline.score_cache import CachedScorer, ScoreCache, scorer_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +61,9 @@ EXCERPT_CHARS = 60
 MAX_REPORTED_ERRORS = 5
 MAX_MESSAGE_CHARS = 600
 FASTAPI_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's 400 for bodies json.loads rejects oddly
+HEALTH_TTL_S = 1.0  # /healthz describes the index as it was at most this long ago
+HEALTH_TIMEOUT_S = 5.0  # ... and answers 503 when the backend cannot describe it within this long
+MAX_BATCH_WAIT_MS = 1000.0
 
 
 class SearchRequest(BaseModel):
@@ -91,6 +103,12 @@ def validate_serve_config(config: ServeConfig) -> None:
             raise ConfigError(f"serve.{name} must be a positive number of seconds, got {value}")
     if config.max_connections < config.max_concurrent + config.max_queued:
         raise ConfigError("serve.max_connections must be at least serve.max_concurrent + serve.max_queued")
+    if not 0 <= config.batch_wait_ms <= MAX_BATCH_WAIT_MS:
+        raise ConfigError(f"serve.batch_wait_ms must be between 0 and {MAX_BATCH_WAIT_MS:g} ms, got {config.batch_wait_ms}")
+    if config.batch_max_pairs < 1:
+        raise ConfigError(f"serve.batch_max_pairs must be >= 1, got {config.batch_max_pairs}")
+    if config.score_cache_size < 0:
+        raise ConfigError(f"serve.score_cache_size must be >= 0 (0 = off), got {config.score_cache_size}")
 
 
 def api_key_from_env() -> str | None:
@@ -389,8 +407,95 @@ class SearchGate:
             if job.cancelled.is_set() or time.monotonic() >= self._deadline(job):
                 logger.info("stopped a request after %d of %d queries", start, len(job.queries))
                 raise _Cut()  # an incomplete answer is never a success
-            results.extend(self._pipeline.search_many(job.queries[start:start + QUERIES_PER_CHUNK], job.k, **job.options))
+            try:
+                with waiting_limited_by(lambda: job.cancelled.is_set() or time.monotonic() >= self._deadline(job)):
+                    chunk = self._pipeline.search_many(job.queries[start:start + QUERIES_PER_CHUNK], job.k, **job.options)
+            except Abandoned:
+                raise _Cut() from None
+            results.extend(chunk)
         return results
+
+
+# --- re-rank scoring for serve: score cache in front of the micro-batcher -----------------------
+@dataclass
+class RerankStack:
+    """What ``serve`` re-ranks through: the pipeline using it, and its batcher and cache (None when off)."""
+
+    pipeline: Any
+    batcher: RerankBatcher | None = None
+    cache: ScoreCache | None = None
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.batcher is not None:
+            out["batcher"] = self.batcher.stats().to_dict()
+        if self.cache is not None:
+            out["score_cache"] = self.cache.stats().to_dict()
+        return out
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+
+
+def rerank_stack(pipeline: Any, config: ServeConfig) -> RerankStack:
+    """Wrap ``pipeline``'s re-ranker for serving: cached pairs are answered at once, the rest go to the batcher
+    (or, without batching, to the model on the search's own thread). The Python API's pipeline is untouched."""
+    search = getattr(pipeline, "config", None)
+    if not (getattr(search, "rerank", False) and hasattr(pipeline, "with_reranker")):
+        return RerankStack(pipeline)  # nothing re-ranks (or a stand-in pipeline)
+    if not (config.batching or config.score_cache_size):
+        return RerankStack(pipeline)
+    reranker = pipeline.reranker
+    scorer: Any = reranker
+    batcher = cache = None
+    if config.batching:
+        batcher = scorer = RerankBatcher(reranker, wait_s=config.batch_wait_ms / 1000, max_pairs=config.batch_max_pairs)
+    fingerprint = scorer_fingerprint(reranker, dtype=search.rerank_dtype) if config.score_cache_size else None
+    if fingerprint is not None:
+        cache = ScoreCache(config.score_cache_size)
+        scorer = CachedScorer(scorer, cache, fingerprint)
+    logger.info("re-ranking through %s", ", ".join(name for name, on in (("the micro-batcher", batcher),
+                                                                          ("the score cache", cache)) if on) or "the model")
+    return RerankStack(pipeline.with_reranker(scorer), batcher, cache)
+
+
+class HealthInfo:
+    """The index description ``/healthz`` answers with: re-read at most every :data:`HEALTH_TTL_S` seconds, on a
+    thread of its own (never a search thread), so a health check does not queue behind searches or the models."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self._pipeline = pipeline
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ceindex-health")
+        self._value: dict[str, Any] | None = None
+        self._read_at = -math.inf
+        self._reading: asyncio.Future | None = None
+
+    async def get(self) -> dict[str, Any]:
+        if self._value is not None and time.monotonic() - self._read_at < HEALTH_TTL_S:
+            return self._value
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.get_running_loop().run_in_executor(self._executor, self._read)
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._reading), HEALTH_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise Refusal(503, f"the index could not be described within {HEALTH_TIMEOUT_S:g} s",
+                          retry_after=RETRY_AFTER_S) from None
+
+    def _read(self) -> dict[str, Any]:
+        info = self._pipeline.backend.info(self._pipeline.index)
+        value = {"status": "ok", "index": info.name, "physical": info.physical, "documents": info.count,
+                 "encoder": info.encoder.to_dict(), "fields": getattr(info, "fields", {})}  # what filters may use
+        self._value, self._read_at = value, time.monotonic()
+        return value
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def render_response(index: str, results: list[SearchResult]) -> bytes:
+    """The /search answer as JSON bytes (run on a worker thread: a big answer must not hold up the event loop)."""
+    return SearchResponse(index=index, results=results).model_dump_json().encode("utf-8")
 
 
 # --- the app ------------------------------------------------------------------------------------
@@ -411,12 +516,17 @@ def create_app(pipeline: SearchPipeline, config: ServeConfig | None = None, *, a
         settings = getattr(pipeline, "settings", None)
         config = settings.serve if settings is not None else ServeConfig()
     validate_serve_config(config)
+    stack = rerank_stack(pipeline, config)
+    pipeline = stack.pipeline
     gate = SearchGate(pipeline, config)
+    health = HealthInfo(pipeline)
 
     @asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
         yield
         gate.stop(grace=0)
+        stack.close()
+        health.close()
 
     app = FastAPI(
         title="ceindex search",
@@ -425,6 +535,7 @@ def create_app(pipeline: SearchPipeline, config: ServeConfig | None = None, *, a
         lifespan=lifespan,
     )
     app.state.gate = gate
+    app.state.rerank = stack
     app.state.serve_config = config
     app.add_middleware(RequestGuard, max_body_bytes=config.max_body_bytes, body_timeout=config.request_timeout,
                        api_key=api_key, stopping=lambda: gate.stopping)
@@ -459,13 +570,12 @@ def create_app(pipeline: SearchPipeline, config: ServeConfig | None = None, *, a
         return _error_response(503, f"search failed with an internal error (id {error_id} in the server log)")
 
     @app.get("/healthz")
-    def healthz() -> dict[str, Any]:
-        info = pipeline.backend.info(pipeline.index)
-        return {"status": "ok", "index": info.name, "physical": info.physical, "documents": info.count,
-                "encoder": info.encoder.to_dict(), "fields": getattr(info, "fields", {})}  # what filters may use
+    async def healthz() -> dict[str, Any]:
+        serving = stack.stats()
+        return await health.get() | ({"serving": serving} if serving else {})
 
     @app.post("/search", response_model=SearchResponse)
-    async def search(body: SearchRequest, request: Request) -> dict[str, Any]:
+    async def search(body: SearchRequest, request: Request) -> Response:
         queries = _queries_of(body, config.max_queries)
         # The pipeline's own checks, once for the whole request: a bad query is refused before any chunk runs,
         # and the message numbers it by its position in the request, not in its chunk.
@@ -478,7 +588,8 @@ def create_app(pipeline: SearchPipeline, config: ServeConfig | None = None, *, a
         results = await gate.search(queries, body.k, request.is_disconnected, **options)
         if len(results) != len(queries):  # never answer 200 with some queries missing
             raise Refusal(503, f"the search answered {len(results)} of {len(queries)} queries", retry_after=RETRY_AFTER_S)
-        return {"index": pipeline.index, "results": results}
+        content = await run_in_threadpool(render_response, pipeline.index, results)
+        return Response(content, media_type="application/json")
 
     return app
 
