@@ -27,6 +27,7 @@ from ceindex.models.config import (
     DTYPES,
     INPUT_MODES,
     POOLINGS,
+    RUNTIMES,
     EncoderConfig,
     default_ce_model,
     setting,
@@ -105,6 +106,7 @@ class SearchConfig:
     rerank_batch_size: int = _opt(32, "--rerank-batch-size", "Pairs per cross-encoder batch.")
     rerank_max_length: int | None = _opt(None, "--rerank-max-length", "Max tokens of a (query, document) pair. Unset = the length the cross-encoder was trained at, read from its files (sentence-transformers max_seq_length, the tokenizer's model_max_length below the position limit, or its saved max_length), else 256.")
     rerank_dtype: str = _opt("float32", "--rerank-dtype", "float32, bfloat16, or int8 (CPU dynamic quantisation).", DTYPES)
+    rerank_runtime: str = _opt("torch", "--rerank-runtime", "What runs the re-ranker: torch, onnx (ONNX Runtime) or openvino; onnx and openvino run an export cached under the home folder, on the CPU, in float32 or int8 (the runtime's own dynamic int8).", RUNTIMES)
     max_query_chars: int = _opt(2000, "--max-query-chars", "Longer queries are refused.")
     max_depth: int = _opt(1000, "--max-depth", "Deepest result position a page may reach (offset + k; at most 10000); deeper pages are refused.")
 
@@ -118,10 +120,6 @@ class ServeConfig:
     request_timeout: float = _opt(60.0, "--request-timeout", "Seconds a request may take: its body must arrive in time (else 408), get a search slot (else 503) and finish searching (else 504; its remaining queries are dropped).")
     max_connections: int = _opt(64, "--max-connections", "Open HTTP connections at most; requests on more get 503 (put a reverse proxy in front of a public server).")
     header_timeout: float = _opt(10.0, "--header-timeout", "Seconds a connection may take to send a request's headers; slower ones (and idle ones) are closed.")
-    batching: bool = _opt(True, "--batching/--no-batching", "Micro-batch re-ranking: the pairs of concurrent searches are scored together by one scoring thread (each search gets its own scores) instead of each search running the cross-encoder itself.")
-    batch_wait_ms: float = _opt(5.0, "--batch-wait-ms", "With --batching: how long the scoring thread waits after a search's pairs arrive for other searches to join its batch (a busy scorer batches whatever queued meanwhile).")
-    batch_max_pairs: int = _opt(256, "--batch-max-pairs", "With --batching: most (query, document) pairs one batch collects from several searches (a single search's pairs are never split).")
-    score_cache_size: int = _opt(65536, "--score-cache-size", "Cross-encoder scores kept for repeated (query, document) pairs, keyed by the model's weights sha256, length, dtype and runtime (LRU, ~250 bytes each; 0 = off).")
 
 
 @dataclass(frozen=True)
@@ -195,6 +193,11 @@ class Settings:
     @property
     def home_path(self) -> Path:
         return Path(self.home or os.environ.get(HOME_ENV) or Path.home() / ".ceindex").expanduser()
+
+    @property
+    def export_root(self) -> Path:
+        """Where ONNX Runtime / OpenVINO exports of the models are cached (--runtime, --rerank-runtime)."""
+        return self.home_path / "cache" / "exports"
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting, with credentials removed from URLs (for printing and reports)."""

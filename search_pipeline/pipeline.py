@@ -116,11 +116,6 @@ class SearchPipeline:
         settings = replace(self.settings, search=replace(self.config, **changes))
         return SearchPipeline(settings, self.backend, query_encoder=self._encoder, reranker=self._reranker)
 
-    def with_reranker(self, reranker: Any) -> "SearchPipeline":
-        """A pipeline sharing this one's backend, settings and query encoder that re-ranks with ``reranker``
-        (anything with the re-ranker's ``score(pairs)``; ``serve`` passes its score cache and micro-batcher)."""
-        return SearchPipeline(self.settings, self.backend, query_encoder=self._encoder, reranker=reranker)
-
     @property
     def uses_server_fusion(self) -> bool:
         """Whether BM25 + k-NN are fused inside the backend (OpenSearch hybrid query with its search pipeline)."""
@@ -150,7 +145,7 @@ class SearchPipeline:
         config = encoder_config_from_description(
             self.info.encoder, batch_size=self.settings.encoder.batch_size, device=self.settings.encoder.device
         )
-        encoder = load_encoder(config)
+        encoder = load_encoder(config, export_root=self.settings.export_root)
         self._check_encoder(encoder)
         self._encoder = encoder
         return self._encoder
@@ -181,6 +176,8 @@ class SearchPipeline:
             max_length=self.config.rerank_max_length,
             dtype=self.config.rerank_dtype,
             device=self.settings.encoder.device,
+            runtime=self.config.rerank_runtime,
+            export_root=self.settings.export_root,
         )
         return self._reranker
 

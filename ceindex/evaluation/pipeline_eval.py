@@ -180,7 +180,7 @@ def _reranker(settings: Settings, pipeline: Any) -> Any:
     return CrossEncoderReranker(
         settings.search.rerank_model or _default_ce(),
         batch_size=settings.search.rerank_batch_size, max_length=settings.search.rerank_max_length,
-        dtype=settings.search.rerank_dtype)
+        dtype=settings.search.rerank_dtype, runtime=settings.search.rerank_runtime, export_root=settings.export_root)
 
 
 def _baseline(request: EvalRequest, runs: list[SystemRun]) -> str:

@@ -4,10 +4,13 @@ Encoders: ``ce-layer``, an early layer of a cross-encoder (the text paired with 
 ``dual``, a sentence-transformers dual encoder. Build either from an ``EncoderConfig``.
 The full cross-encoder that scores (query, document) pairs is ``ceindex.models.scorer.CrossEncoderReranker``.
 Modules: ``base`` (the Encoder protocol), ``config``, ``runtime`` (device/dtype, batching, pooling, loading),
-``assemble`` (model inputs from cached token ids), ``embedder``, ``ce_layer``, ``dual``, ``scorer``.
+``assemble`` (model inputs from cached token ids), ``embedder``, ``ce_layer``, ``dual``, ``scorer``,
+``runners`` (torch, ONNX Runtime or OpenVINO runs the forward pass) and ``exports`` (their cached exports).
 This package imports nothing above ``ceindex.errors`` (see ARCHITECTURE.md).
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 from ceindex.errors import ConfigError
 from ceindex.models.base import Encoder, EncoderDescription
@@ -23,25 +26,28 @@ __all__ = [
 ]
 
 
-def load_encoder(config: EncoderConfig) -> Encoder:
-    """Load the encoder ``config`` describes (heavy imports happen here, not at package import)."""
+def load_encoder(config: EncoderConfig, export_root: Path | None = None) -> Encoder:
+    """Load the encoder ``config`` describes (heavy imports happen here, not at package import).
+
+    ``export_root``: where --runtime onnx/openvino exports are cached (None = ``$CEINDEX_HOME/cache/exports``)."""
     if config.kind == "ce-layer":
         from ceindex.models.ce_layer import CELayerEncoder
 
-        return CELayerEncoder(config)
+        return CELayerEncoder(config, export_root=export_root)
     if config.kind == "dual":
         from ceindex.models.dual import DualEncoder
 
-        return DualEncoder(config)
+        return DualEncoder(config, export_root=export_root)
     raise ConfigError(f"unknown encoder kind {config.kind!r}")
 
 
 def encoder_config_from_description(
-    desc: EncoderDescription, batch_size: int = 32, device: str = "auto", dtype: str | None = None
+    desc: EncoderDescription, batch_size: int = 32, device: str = "auto", dtype: str | None = None,
+    runtime: str | None = None,
 ) -> EncoderConfig:
     """The config that rebuilds the encoder an index recorded (e.g. to encode its queries).
 
-    ``dtype`` defaults to the recorded one; batch size and device do not change vectors.
+    ``dtype`` and ``runtime`` default to the recorded ones; batch size and device do not change vectors.
     """
     return EncoderConfig(
         kind=desc.kind,
@@ -53,4 +59,5 @@ def encoder_config_from_description(
         batch_size=batch_size,
         device=device,
         dtype=dtype or desc.dtype,
+        runtime=runtime or desc.runtime,
     )

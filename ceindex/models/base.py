@@ -26,6 +26,7 @@ class EncoderDescription:
     normalized: bool = True
     dtype: str = "float32"
     tokenizer_sha256: str | None = None  # hash of the tokenizer files (None in indexes built before it was recorded)
+    runtime: str = "torch"  # what ran the model: torch, onnx or openvino (indexes built before it was recorded: torch)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -51,7 +52,8 @@ class EncoderDescription:
     def build_key(self) -> dict[str, Any]:
         """Everything that changes a document's vector: one build never mixes two of these."""
         return self.compatibility_key() | {
-            "max_length": self.max_length, "dtype": self.dtype, "tokenizer_sha256": self.tokenizer_sha256}
+            "max_length": self.max_length, "dtype": self.dtype, "tokenizer_sha256": self.tokenizer_sha256,
+            "runtime": self.runtime}
 
     def differences(self, other: "EncoderDescription") -> dict[str, tuple[Any, Any]]:
         diffs = _diff(self.compatibility_key(), other.compatibility_key())

@@ -6,6 +6,7 @@ The model is cut to the deepest layer needed, so later layers are never computed
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -15,12 +16,12 @@ from ceindex.errors import ConfigError, ModelError
 from ceindex.models.base import EncoderDescription
 from ceindex.models.config import INPUT_MODES, EncoderConfig
 from ceindex.models.embedder import Embedder, PoolingSpec
+from ceindex.models.runners import RuntimeSpec, torch_placement
 from ceindex.models.runtime import (
     effective_max_length,
     load_pretrained,
     local_model_dir,
     prepare_model,
-    resolve_device,
     tokenizer_sha256,
     weights_sha256,
 )
@@ -100,6 +101,8 @@ class CrossEncoderLayers:
         batch_size: int = 32,
         device: str = "auto",
         dtype: str = "float32",
+        runtime: str = "torch",
+        export_root: Path | None = None,
     ) -> None:
         if not layers:
             raise ConfigError("at least one layer is needed")
@@ -108,7 +111,8 @@ class CrossEncoderLayers:
         if input_mode not in INPUT_MODES:
             raise ConfigError(f"input mode must be self-pair or single; got {input_mode!r}")
         self.model_ref, self.layers = model, sorted(set(layers))
-        self.input_mode, self.pooling, self.dtype = input_mode, pooling, dtype
+        self.input_mode, self.pooling, self.dtype, self.runtime = input_mode, pooling, dtype, runtime
+        torch_dtype, device_ = torch_placement(runtime, dtype, device)
         hf_model, tokenizer = _load_base(model)
         self._tokenizer_sha = tokenizer_sha256(local_model_dir(model))  # hashed as loaded, once
         self.full_depth = len(find_layer_stack(hf_model)[2])
@@ -120,17 +124,17 @@ class CrossEncoderLayers:
             )
         self.model_type = str(getattr(hf_model.config, "model_type", "unknown"))
         self.dims = int(hf_model.config.hidden_size)
-        device_ = resolve_device(device)
-        hf_model = prepare_model(cut_to_depth(hf_model, depth), dtype, device_)
+        hf_model = prepare_model(cut_to_depth(hf_model, depth), torch_dtype, device_)
         self.max_length = effective_max_length(max_length, hf_model, tokenizer)
         spec = PoolingSpec(self_pair=input_mode == "self-pair", pooling=pooling, include_special=False)
         self._embedder = Embedder(
             hf_model, tokenizer, spec, max_length=self.max_length, batch_size=batch_size, device=device_,
             depth=depth, stack_owner=find_layer_stack(hf_model)[0],
+            runtime=RuntimeSpec(runtime, dtype, local_model_dir(model), export_root, "hidden", tuple(self.layers)),
         )
         self._sha: str | None = None
-        log.info("loaded %s (%s, %d layers) cut to %d layer(s) on %s, %s",
-                 model, self.model_type, self.full_depth, depth, device_, dtype)
+        log.info("loaded %s (%s, %d layers) cut to %d layer(s) on %s, %s, runtime %s",
+                 model, self.model_type, self.full_depth, depth, device_, dtype, runtime)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -164,6 +168,7 @@ class CrossEncoderLayers:
             normalized=True,
             dtype=self.dtype,
             tokenizer_sha256=self._tokenizer_sha,
+            runtime=self.runtime,
             extra={"model_type": self.model_type, "model_depth": self.full_depth},
         )
 
@@ -171,7 +176,7 @@ class CrossEncoderLayers:
 class CELayerEncoder:
     """The ``Encoder`` for one layer of a cross-encoder (see module docstring)."""
 
-    def __init__(self, config: EncoderConfig) -> None:
+    def __init__(self, config: EncoderConfig, export_root: Path | None = None) -> None:
         if config.kind != "ce-layer":
             raise ConfigError(f"CELayerEncoder needs kind 'ce-layer', got {config.kind!r}")
         self.config = config
@@ -185,6 +190,8 @@ class CELayerEncoder:
             batch_size=config.batch_size,
             device=config.device,
             dtype=config.dtype,
+            runtime=config.runtime,
+            export_root=export_root,
         )
 
     @property

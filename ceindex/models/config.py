@@ -17,6 +17,7 @@ INPUT_MODES = ("self-pair", "single")
 POOLINGS = ("mean", "mean-first-copy", "cls")
 DTYPES = ("float32", "bfloat16", "int8")
 DEVICES = ("auto", "cpu", "cuda")
+RUNTIMES = ("torch", "onnx", "openvino")
 
 # Defaults are Hugging Face hub ids (a user's machine has the hub); the environment
 # variables point them at local folders on machines without it.
@@ -63,6 +64,7 @@ class EncoderConfig:
     batch_size: int = setting(32, "--batch-size", "Texts per encoder batch.")
     device: str = setting("auto", "--device", "auto, cpu or cuda.", DEVICES)
     dtype: str = setting("float32", "--dtype", "float32, bfloat16, or int8 (CPU dynamic quantisation).", DTYPES)
+    runtime: str = setting("torch", "--runtime", "What runs the model: torch, onnx (ONNX Runtime) or openvino; onnx and openvino run an export cached under the home folder, on the CPU, in float32 or int8 (the runtime's own dynamic int8).", RUNTIMES)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -74,6 +76,8 @@ class EncoderConfig:
             raise ConfigError(f"encoder max_length must be >= 8, got {self.max_length}")
         if self.batch_size < 1:
             raise ConfigError(f"encoder batch_size must be >= 1, got {self.batch_size}")
+        if self.runtime != "torch" and self.dtype == "bfloat16":
+            raise ConfigError(f"dtype bfloat16 runs on --runtime torch only; runtime {self.runtime} takes float32 or int8")
 
     @property
     def resolved_model(self) -> str:

@@ -15,12 +15,12 @@ from ceindex.errors import ConfigError, ModelError
 from ceindex.models.base import EncoderDescription
 from ceindex.models.config import EncoderConfig
 from ceindex.models.embedder import Embedder, PoolingSpec
+from ceindex.models.runners import RuntimeSpec, torch_placement
 from ceindex.models.runtime import (
     effective_max_length,
     load_pretrained,
     local_model_dir,
     prepare_model,
-    resolve_device,
     tokenizer_sha256,
     weights_sha256,
 )
@@ -78,7 +78,7 @@ def _read_json(path: Path) -> Any:
 class DualEncoder:
     """The ``Encoder`` for a sentence-transformers-style dual encoder (mean or CLS pooling, L2 norm)."""
 
-    def __init__(self, config: EncoderConfig) -> None:
+    def __init__(self, config: EncoderConfig, export_root: Path | None = None) -> None:
         if config.kind != "dual":
             raise ConfigError(f"DualEncoder needs kind 'dual', got {config.kind!r}")
         if config.pooling == "mean-first-copy":
@@ -106,12 +106,13 @@ class DualEncoder:
         self.dtype = config.dtype
         self.dims = int(model.config.hidden_size)
         depth = int(getattr(model.config, "num_hidden_layers", 0))
-        device = resolve_device(config.device)
-        model = prepare_model(model, config.dtype, device)
+        torch_dtype, device = torch_placement(config.runtime, config.dtype, config.device)
+        model = prepare_model(model, torch_dtype, device)
         self.max_length = effective_max_length(requested, model, tokenizer)
         spec = PoolingSpec(self_pair=False, pooling=self.pooling, include_special=True)
         self._embedder = Embedder(
-            model, tokenizer, spec, max_length=self.max_length, batch_size=config.batch_size, device=device, depth=depth
+            model, tokenizer, spec, max_length=self.max_length, batch_size=config.batch_size, device=device, depth=depth,
+            runtime=RuntimeSpec(config.runtime, config.dtype, self._weights_dir, export_root, "hidden", (depth,)),
         )
         self._depth = depth
         self._sha: str | None = None
@@ -137,5 +138,6 @@ class DualEncoder:
             normalized=True,
             dtype=self.dtype,
             tokenizer_sha256=self._tokenizer_sha,
+            runtime=self.config.runtime,
             extra={"pool_special_tokens": True},
         )

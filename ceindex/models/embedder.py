@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from ceindex.errors import ConfigError
 from ceindex.models.assemble import InputAssembler
+from ceindex.models.runners import RuntimeSpec, open_runner
 from ceindex.models.runtime import SerialTokenizer, check_texts, l2_normalize, length_sorted_batches, masked_mean
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,12 @@ class Embedder:
         device: torch.device,
         depth: int,
         stack_owner: torch.nn.Module | None = None,
+        runtime: RuntimeSpec | None = None,
     ) -> None:
         """``stack_owner``: the module whose forward runs the layer stack (e.g. ``model.encoder``); at
         depth 0 its input IS the embedding output, captured without running it (some families, such as
-        DeBERTa-v2, cannot run an encoder with zero layers)."""
+        DeBERTa-v2, cannot run an encoder with zero layers). ``runtime``: run an ONNX Runtime / OpenVINO export
+        of ``model`` (its ``layers``) instead of the module (None or torch: the module)."""
         if spec.pooling == "mean-first-copy" and not tokenizer.is_fast:
             raise ConfigError("pooling 'mean-first-copy' needs a fast (Rust) tokenizer to find the first copy")
         self.model, self.tokenizer, self.spec = model, tokenizer, spec
@@ -76,6 +79,9 @@ class Embedder:
         self._input_names = {"input_ids", "attention_mask"} | ({"token_type_ids"} if types >= 2 and takes_types else set())
         # ...and only what the tokenizer itself would return (the assembler always builds segment ids)
         self._input_names &= {"input_ids", "attention_mask"} | set(getattr(tokenizer, "model_input_names", ()))
+        self._runner = None if runtime is None else open_runner(
+            model, runtime, sorted(self._input_names),
+            lambda inputs: [self._torch_forward(inputs, runtime.layers)[layer] for layer in runtime.layers])
 
     # ------------------------------------------------------------------ public
     def embed(
@@ -166,6 +172,12 @@ class Embedder:
         return {layer: masked_mean(states, mask).cpu().numpy() for layer, states in self._forward(inputs, layers).items()}
 
     def _forward(self, inputs: dict[str, torch.Tensor], layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        if self._runner is not None:
+            exported = dict(zip(self._runner.layers, self._runner(inputs)))
+            return {layer: exported[layer] for layer in layers}
+        return self._torch_forward(inputs, layers)
+
+    def _torch_forward(self, inputs: dict[str, torch.Tensor], layers: Sequence[int]) -> dict[int, torch.Tensor]:
         if self._capture is not None:
             return {0: self._capture.run(self.model, inputs)}
         if list(layers) == [self.depth]:

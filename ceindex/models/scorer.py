@@ -7,19 +7,21 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from ceindex.models.assemble import InputAssembler
+from ceindex.models.runners import RuntimeSpec, open_runner, torch_placement
 from ceindex.models.runtime import (
     SerialTokenizer,
     length_sorted_batches,
     load_pretrained,
+    local_model_dir,
     pair_max_length,
     prepare_model,
-    resolve_device,
 )
 
 logger = logging.getLogger(__name__)
@@ -30,18 +32,19 @@ class CrossEncoderReranker:
 
     def __init__(
         self, model: str, *, batch_size: int = 32, max_length: int | None = None, dtype: str = "float32",
-        device: str = "auto",
+        device: str = "auto", runtime: str = "torch", export_root: Path | None = None,
     ) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.model_ref = model
         self.batch_size = batch_size
-        self.device = resolve_device(device)
+        torch_dtype, self.device = torch_placement(runtime, dtype, device)
+        self.runtime = runtime
         self.tokenizer = load_pretrained(model, "ce-layer", AutoTokenizer.from_pretrained, "cross-encoder tokenizer")
         loaded = load_pretrained(
             model, "ce-layer", AutoModelForSequenceClassification.from_pretrained, "cross-encoder"
         )
-        self.model = prepare_model(loaded, dtype, self.device)
+        self.model = prepare_model(loaded, torch_dtype, self.device)
         # None = the length the CE was trained at (its files say), capped by what the positions allow
         self.max_length, self.max_length_source = pair_max_length(max_length, self.model, self.tokenizer)
         logger.info("re-ranker %s: pairs cut at %d tokens (%s)", model, self.max_length, self.max_length_source)
@@ -51,6 +54,10 @@ class CrossEncoderReranker:
         self.fallback_batches = 0  # batches whose pairs the tokenizer encoded (no assembler): the slower path
         self._fallback_lock = threading.Lock()
         self._input_names = set(self.tokenizer.model_input_names)
+        # torch: None (the module runs); onnx / openvino: the cached export's session, shared by all threads
+        folder = local_model_dir(model) if runtime != "torch" else None
+        self._runner = open_runner(self.model, RuntimeSpec(runtime, dtype, folder, export_root, "logits"),
+                                   sorted(self._input_names), lambda inputs: [self.model(**inputs).logits])
         self._tokenize = SerialTokenizer(self.tokenizer)  # score() may run in several threads at once
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
@@ -82,7 +89,7 @@ class CrossEncoderReranker:
                     ).to(self.device)
                     with self._fallback_lock:
                         self.fallback_batches += 1
-                logits = self.model(**encoded).logits
+                logits = self.model(**encoded).logits if self._runner is None else self._runner(encoded)[0]
                 # one logit: relevance; two (not relevant, relevant): their difference ranks like the softmax
                 column = logits[:, 0] if logits.shape[-1] == 1 else logits[:, -1] - logits[:, 0]
                 out[batch] = column.float().cpu().numpy()
