@@ -120,6 +120,10 @@ class ServeConfig:
     request_timeout: float = _opt(60.0, "--request-timeout", "Seconds a request may take: its body must arrive in time (else 408), get a search slot (else 503) and finish searching (else 504; its remaining queries are dropped).")
     max_connections: int = _opt(64, "--max-connections", "Open HTTP connections at most; requests on more get 503 (put a reverse proxy in front of a public server).")
     header_timeout: float = _opt(10.0, "--header-timeout", "Seconds a connection may take to send a request's headers; slower ones (and idle ones) are closed.")
+    batching: bool = _opt(True, "--batching/--no-batching", "Micro-batch re-ranking: the pairs of concurrent searches are scored together by one scoring thread (each search gets its own scores) instead of each search running the cross-encoder itself.")
+    batch_wait_ms: float = _opt(5.0, "--batch-wait-ms", "With --batching: how long the scoring thread waits after a search's pairs arrive for other searches to join its batch (a busy scorer batches whatever queued meanwhile).")
+    batch_max_pairs: int = _opt(256, "--batch-max-pairs", "With --batching: most (query, document) pairs one batch collects from several searches (a single search's pairs are never split).")
+    score_cache_size: int = _opt(65536, "--score-cache-size", "Cross-encoder scores kept for repeated (query, document) pairs, keyed by the model's weights sha256, length, dtype and runtime (LRU, ~250 bytes each; 0 = off).")
 
 
 @dataclass(frozen=True)

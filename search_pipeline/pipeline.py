@@ -116,6 +116,11 @@ class SearchPipeline:
         settings = replace(self.settings, search=replace(self.config, **changes))
         return SearchPipeline(settings, self.backend, query_encoder=self._encoder, reranker=self._reranker)
 
+    def with_reranker(self, reranker: Any) -> "SearchPipeline":
+        """A pipeline sharing this one's backend, settings and query encoder that re-ranks with ``reranker``
+        (anything with the re-ranker's ``score(pairs)``; ``serve`` passes its score cache and micro-batcher)."""
+        return SearchPipeline(self.settings, self.backend, query_encoder=self._encoder, reranker=reranker)
+
     @property
     def uses_server_fusion(self) -> bool:
         """Whether BM25 + k-NN are fused inside the backend (OpenSearch hybrid query with its search pipeline)."""
