@@ -91,6 +91,18 @@ def _plain_http_answer(exc: Exception) -> bool:
     return "wrong version number" in text or "record layer failure" in text or "http request" in text
 
 
+def _cluster_side(result: dict[str, Any]) -> bool:
+    """Whether a failed bulk item failed for the cluster's sake (HTTP 429 or 5xx: e.g. 503 when its shard has no
+    live primary), not the document's (4xx: a mapping error is a reject of that row)."""
+    status = result.get("status")
+    return isinstance(status, int) and (status == 429 or status >= 500)
+
+
+def _item_reason(result: dict[str, Any]) -> str:
+    error = result.get("error", {})
+    return error.get("reason", str(error)) if isinstance(error, dict) else str(error)
+
+
 def body_of(response: Any) -> Any:
     """The JSON body of a client response (elasticsearch-py wraps it; opensearch-py returns it)."""
     return getattr(response, "body", response)
@@ -192,6 +204,7 @@ class ClusterBackend(Backend):
     def write(self, state: BuildState, docs: Sequence[Document], vectors: np.ndarray) -> list[Rejected]:
         by_id = {doc.id: doc for doc in docs}
         rejects: list[Rejected] = []
+        unwritten: dict[str, Any] | None = None
         try:
             for ok, item in self._streaming_bulk()(
                 self.client,
@@ -204,17 +217,31 @@ class ClusterBackend(Backend):
                 max_backoff=30,
             ):
                 if not ok:
-                    rejects.append(self._rejected(next(iter(item.values())), by_id))
+                    result = next(iter(item.values()))
+                    if _cluster_side(result):  # stop at once: later chunks would wait out the same timeout
+                        unwritten = result
+                        break
+                    rejects.append(self._rejected(result, by_id))
         except Exception as exc:  # noqa: BLE001
             raise self._translate(exc, f"bulk-writing into {state.physical}; rerun the same command to resume") from exc
+        if unwritten is not None:
+            raise self._unwritten(state, unwritten)
         return rejects
+
+    def _unwritten(self, state: BuildState, result: dict[str, Any]) -> BackendError:
+        """A batch the cluster could not take (a shard without a live copy, overload): the build fails, keeps its
+        progress at the last full batch, and no document is blamed for it."""
+        return BackendError(
+            f"{self.ENGINE} at {self.url} could not write document {result.get('_id')!r} of this batch into "
+            f"{state.physical} (HTTP {result.get('status')}: {_item_reason(result)}): a node or shard is unavailable. "
+            "Bring the node back until GET _cluster/health has no unassigned primary shards (yellow or green) and "
+            "rerun the same command to resume"
+        )
 
     def _rejected(self, result: dict[str, Any], by_id: dict[str, Document]) -> Rejected:
         doc = by_id.get(str(result.get("_id")))
-        error = result.get("error", {})
-        reason = error.get("reason", str(error)) if isinstance(error, dict) else str(error)
         return Rejected(source=self.ENGINE.lower(), line=doc.line if doc else 0, id=result.get("_id"),
-                        reason=f"rejected by {self.ENGINE} (HTTP {result.get('status')}): {reason}")
+                        reason=f"rejected by {self.ENGINE} (HTTP {result.get('status')}): {_item_reason(result)}")
 
     def commit(self, state: BuildState) -> None:
         self.locks.check(state.alias)
