@@ -84,10 +84,10 @@ def build_command(data_dir: str | None, corpus_file: str | None, rejects_file: s
         if finalize:
             summary = finalize_slices(backend, corpus, settings.index, settings.build, prune=prune)
         elif spec is not None:
-            summary = build_slice(backend, load_encoder(settings.encoder), corpus, settings.index, settings.build,
+            summary = build_slice(backend, load_encoder(settings.encoder, settings.export_root), corpus, settings.index, settings.build,
                                   spec, rejects_path=rejects, progress=progress)
         else:
-            summary = build_index(backend, load_encoder(settings.encoder), corpus, settings.index, settings.build,
+            summary = build_index(backend, load_encoder(settings.encoder, settings.export_root), corpus, settings.index, settings.build,
                                   rejects_path=rejects, prune=prune, progress=progress)
     finally:
         backend.close()
