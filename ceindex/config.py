@@ -96,7 +96,7 @@ class SearchConfig:
     knn: bool = _opt(True, "--knn/--no-knn", "Use k-NN recall.")
     fusion: str = _opt("rrf", "--fusion", "How to fuse BM25 and k-NN: rrf or minmax.", FUSIONS)
     rrf_k: int = _opt(60, "--rrf-k", "Reciprocal rank fusion constant k.")
-    server_fusion: str = _opt("auto", "--server-fusion", "auto: fuse inside OpenSearch (hybrid query + search pipeline) when the neural-search plugin is there; on: require it; off: fuse in ceindex.", SERVER_FUSIONS)
+    server_fusion: str = _opt("auto", "--server-fusion", "auto: fuse inside OpenSearch (hybrid query + search pipeline) when the neural-search plugin is there and the index has one primary shard (on several shards neural-search 2.19 ranks differently: ceindex fuses and logs why); on: require it; off: fuse in ceindex.", SERVER_FUSIONS)
     bm25_weight: float = _opt(1.0, "--bm25-weight", "Weight of BM25 in fusion.")
     knn_weight: float = _opt(1.0, "--knn-weight", "Weight of k-NN in fusion.")
     knn_ef_search: int = _opt(100, "--knn-ef-search", "HNSW ef_search at query time (OpenSearch).")

@@ -138,6 +138,12 @@ class SearchPipeline:
                 f"server_fusion is 'on' but this backend cannot fuse '{cfg.fusion}' server-side (it needs OpenSearch "
                 "with the neural-search plugin; RRF there takes no weights); use --server-fusion auto or off"
             )
+        caveat = self.backend.server_fusion_caveat(self.index, cfg.fusion) if able else None
+        if caveat and cfg.server_fusion == "auto":
+            logger.info("fusing in ceindex, not in the cluster (--server-fusion auto): %s", caveat)
+            return False
+        if caveat:
+            logger.warning("--server-fusion on: %s", caveat)
         return bool(able)
 
     # --- models, loaded on first use --------------------------------------------------------

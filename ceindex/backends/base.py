@@ -229,6 +229,11 @@ class Backend(ABC):
         """Whether ``hybrid`` can fuse with ``method`` on the server (OpenSearch with neural-search)."""
         return False
 
+    def server_fusion_caveat(self, name: str, method: str) -> str | None:
+        """Why fusing ``method`` on the server would not rank index ``name`` as ceindex's own fusion does (None: it
+        would); ``--server-fusion auto`` then fuses in ceindex."""
+        return None
+
     def hybrid(
         self, name: str, queries: Sequence[str], vectors: np.ndarray, n: int, method: str,
         weights: Sequence[float], rrf_k: int, ef_search: int = 100, filter: Filter | None = None,
