@@ -182,7 +182,7 @@ def _identify(student: StudentConfig, train: TrainConfig, teacher_model: str | N
                           "alone), --triples FILE and/or --corpus PATH")
     source = resolve_source(student.source)
     teacher_sha = _teacher_sha(teacher_model) if train.teacher else None
-    de_sha = _teacher_de_sha(train.teacher_de) if train.teacher_de and train.de_weight > 0 else None
+    de_sha = _teacher_de_sha(str(train.teacher_de)) if _uses_teacher_de(train) else None
     fingerprint = settings_fingerprint(student, train, weights_sha256(source.path), teacher_sha, de_sha)
     return fingerprint, teacher_sha, de_sha
 
@@ -204,7 +204,7 @@ def _prepare(
                         negatives_depth=train.negatives_depth)
     triples, margins = _triples(work, data, train, teacher_model, shas[0], cache_dir)
     de_targets = None
-    if train.teacher_de and train.de_weight > 0:
+    if _uses_teacher_de(train):
         _check_dimensions(_teacher_de_path(train.teacher_de), student)
         de_targets = _de_targets(data, triples, train, shas[1], cache_dir)
     if not state.epochs_done and not state.epoch_steps_done:
@@ -258,6 +258,11 @@ def _teacher_sha(model: str | None) -> str:
     if not path.is_dir():
         raise ModelError(f"teacher cross-encoder folder {model!r} does not exist (or is not a folder)")
     return weights_sha256(resolve_source(str(path)).path)
+
+
+def _uses_teacher_de(train: TrainConfig) -> bool:
+    """A DE teacher with weight 0 is never computed, so it is not part of the run (nor of its metadata)."""
+    return bool(train.teacher_de) and train.de_weight > 0
 
 
 def _teacher_de_sha(model: str) -> str:
@@ -397,7 +402,7 @@ def _losses(model: Any, train: TrainConfig) -> dict[str, Any]:
     out = {"mnrl": losses.MultipleNegativesRankingLoss(model, scale=scale)}
     if train.teacher:
         out["margin"] = losses.MarginMSELoss(model, similarity_fct=scaled_cosine)
-    if train.teacher_de and train.de_weight > 0:
+    if _uses_teacher_de(train):
         out["de"] = True
     return out
 
@@ -598,11 +603,12 @@ def _metadata(
         "teacher": {"model": str(Path(teacher_model).expanduser().resolve()), "weights_sha256": teacher_sha,
                     "max_length": train.teacher_max_length} if train.teacher else None,
         "training_data": _training_data_record(run, train),
-        "teacher_de": {"model": _teacher_de_path(train.teacher_de), "weight": train.de_weight}
-        if train.teacher_de else None,
+        "teacher_de": {"model": _teacher_de_path(str(train.teacher_de)), "weight": train.de_weight}
+        if _uses_teacher_de(train) else None,
         "loss": "MultipleNegativesRankingLoss(scale)" + (
             " + margin_weight * MarginMSELoss(scale * cosine margins vs CE logit margins)" if train.teacher else "")
-        + (" + de_weight * (cosine distance to the DE teacher + in-batch similarity KL)" if train.teacher_de else ""),
+        + (" + de_weight * (cosine distance to the DE teacher + in-batch similarity KL)"
+           if _uses_teacher_de(train) else ""),
         "hyper_parameters": train.to_dict() | {"layers": student.layers, "copy": student.copy},
         "seed": train.seed,
         "epochs": state.history,

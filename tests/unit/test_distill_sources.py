@@ -175,6 +175,15 @@ def test_de_teacher_vectors_are_cached_and_shared_by_the_arms(tiny_ce_dir: Path,
     assert len(list(cache.glob("teacher-de-*.keys.json"))) == 2  # queries and documents: two max lengths
 
 
+def test_a_de_teacher_with_weight_0_is_not_recorded(tiny_ce_dir: Path, dataset: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    teacher = build_tiny_sentence_transformer(tmp_path / "teacher")
+    monkeypatch.setattr(teacher_de, "_encode", lambda *a: pytest.fail("a weight-0 teacher must not embed"))
+    train = tiny_train(dataset, teacher=False, teacher_de=str(teacher), de_weight=0.0, epochs=1)
+    meta = distill(StudentConfig(str(tiny_ce_dir)), train, tmp_path / "out", progress=False).metadata
+    assert meta["teacher_de"] is None and "DE teacher" not in meta["loss"]
+
+
 def test_a_teacher_of_another_width_is_refused_before_it_embeds_anything(
         tiny_ce_dir: Path, dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     teacher = build_tiny_sentence_transformer(tmp_path / "teacher")
