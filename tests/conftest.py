@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
 from ceindex.testing.elasticsearch_node import ElasticsearchNode
+from ceindex.testing.java_node import JavaNode
 from ceindex.testing.opensearch_node import OpenSearch3Node, OpenSearchNode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,11 +64,10 @@ def _no_tokenizers_parallelism() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-# --- ONE real OpenSearch 2.19.1 node for the whole test session ---------------------------------------
-# ``opensearch_url`` (session) is its base URL; ``opensearch_node`` is the node itself, for kill/restart tests. If
-# the node cannot start, the fixtures raise (the tests ERROR); they never skip. Set CEINDEX_TEST_OPENSEARCH_URL to
-# run against an existing cluster instead (kill/restart tests are then skipped loudly).
-URL_ENV = "CEINDEX_TEST_OPENSEARCH_URL"
+# --- ONE real node per engine for the whole test session (OpenSearch 2.19.1, Elasticsearch 8.19, OpenSearch 3.5) --
+# ``opensearch_url`` (session) is a base URL; ``opensearch_node`` the node itself, for kill/restart tests; likewise
+# ``elasticsearch_*`` and ``opensearch3_*`` (see _node_fixtures below). CEINDEX_TEST_OPENSEARCH_URL (and the ES / OS3
+# variables below) run the tests against an existing cluster instead (kill/restart tests are then skipped loudly).
 
 # Every test that needs the node carries ``pytest.mark.integration`` (``-m "not integration"`` then never starts
 # it). Tests parametrised over both backends take the mark on the OpenSearch case only, through this list.
@@ -105,103 +105,46 @@ def _node_tests_are_marked_integration(request: pytest.FixtureRequest) -> Iterat
                     "or take the backend from tests.conftest.BACKEND_PARAMS", pytrace=False)
 
 
-@pytest.fixture(scope="session")
-def _session_opensearch_node() -> Iterator[OpenSearchNode | None]:
-    if os.environ.get(URL_ENV):
-        yield None
-        return
-    node = OpenSearchNode()
-    node.start()  # RuntimeError (with the node log tail) fails every test that needs the node
-    try:
+def _node_fixtures(prefix: str, node_class: type[JavaNode], url_env: str) -> tuple[Any, Any, Any]:
+    """The trio every test node has: ``_session_<prefix>_node`` (ONE node for the whole session, started on first
+    use; None when ``url_env`` points the tests at an existing cluster), ``<prefix>_url`` (session: its base URL)
+    and ``<prefix>_node`` (the node itself for kill/restart tests; running again after the test, restarted on its
+    data if the test killed it). A node that cannot start raises (the tests ERROR with its log tail); never a skip,
+    except kill/restart tests against an external cluster, which skip loudly."""
+
+    @pytest.fixture(scope="session", name=f"_session_{prefix}_node")
+    def session_node() -> Iterator[JavaNode | None]:
+        if os.environ.get(url_env):
+            yield None
+            return
+        node = node_class()
+        node.start()
+        try:
+            yield node
+        finally:
+            node.stop()
+
+    @pytest.fixture(scope="session", name=f"{prefix}_url")
+    def url(request: pytest.FixtureRequest) -> str:
+        node = request.getfixturevalue(f"_session_{prefix}_node")
+        return os.environ[url_env].rstrip("/") if node is None else node.url
+
+    @pytest.fixture(name=f"{prefix}_node")
+    def node(request: pytest.FixtureRequest) -> Iterator[JavaNode]:
+        node = request.getfixturevalue(f"_session_{prefix}_node")
+        if node is None:
+            pytest.skip(f"SKIPPED LOUDLY: {url_env} points at an external cluster; kill/restart tests need the test node")
         yield node
-    finally:
-        node.stop()
+        if not node.running:
+            node.restart()
+
+    return session_node, url, node
 
 
-@pytest.fixture(scope="session")
-def opensearch_url(_session_opensearch_node: OpenSearchNode | None) -> str:
-    if _session_opensearch_node is None:
-        return os.environ[URL_ENV].rstrip("/")
-    return _session_opensearch_node.url
-
-
-@pytest.fixture()
-def opensearch_node(_session_opensearch_node: OpenSearchNode | None) -> Iterator[OpenSearchNode]:
-    """The session's node; after the test it is running again (restarted on its data if a test killed it)."""
-    node = _session_opensearch_node
-    if node is None:
-        pytest.skip(f"SKIPPED LOUDLY: {URL_ENV} points at an external cluster; kill/restart tests need the test node")
-    yield node
-    if not node.running:
-        node.restart()
-
-
-# --- ONE real Elasticsearch 8.19 node (security off) for the whole test session, like the OpenSearch one -----
-# Started on first use (``-m "not integration"`` never starts it); CEINDEX_TEST_ELASTICSEARCH_URL points the tests at
-# an existing cluster instead. Run as root, the node runs as the ``ceindex-es`` system user (ES refuses root).
-ES_URL_ENV = "CEINDEX_TEST_ELASTICSEARCH_URL"
-
-
-@pytest.fixture(scope="session")
-def _session_elasticsearch_node() -> Iterator[ElasticsearchNode | None]:
-    if os.environ.get(ES_URL_ENV):
-        yield None
-        return
-    node = ElasticsearchNode()
-    node.start()  # RuntimeError (with the node log tail) fails every test that needs the node
-    try:
-        yield node
-    finally:
-        node.stop()
-
-
-@pytest.fixture(scope="session")
-def elasticsearch_url(_session_elasticsearch_node: ElasticsearchNode | None) -> str:
-    if _session_elasticsearch_node is None:
-        return os.environ[ES_URL_ENV].rstrip("/")
-    return _session_elasticsearch_node.url
-
-
-@pytest.fixture()
-def elasticsearch_node(_session_elasticsearch_node: ElasticsearchNode | None) -> Iterator[ElasticsearchNode]:
-    """The session's Elasticsearch node; running again after the test (restarted on its data if killed)."""
-    node = _session_elasticsearch_node
-    if node is None:
-        pytest.skip(f"SKIPPED LOUDLY: {ES_URL_ENV} points at an external cluster; kill/restart tests need the test node")
-    yield node
-    if not node.running:
-        node.restart()
-
-
-# --- ONE real OpenSearch 3.5 node (k-NN 3.5 on a stand-in transport-grpc module; Java 21+), started on first use ---
-OS3_URL_ENV = "CEINDEX_TEST_OPENSEARCH3_URL"
-
-
-@pytest.fixture(scope="session")
-def _session_opensearch3_node() -> Iterator[OpenSearch3Node | None]:
-    if os.environ.get(OS3_URL_ENV):
-        yield None
-        return
-    node = OpenSearch3Node()
-    node.start()
-    try:
-        yield node
-    finally:
-        node.stop()
-
-
-@pytest.fixture(scope="session")
-def opensearch3_url(_session_opensearch3_node: OpenSearch3Node | None) -> str:
-    if _session_opensearch3_node is None:
-        return os.environ[OS3_URL_ENV].rstrip("/")
-    return _session_opensearch3_node.url
-
-
-@pytest.fixture()
-def opensearch3_node(_session_opensearch3_node: OpenSearch3Node | None) -> Iterator[OpenSearch3Node]:
-    node = _session_opensearch3_node
-    if node is None:
-        pytest.skip(f"SKIPPED LOUDLY: {OS3_URL_ENV} points at an external cluster; kill/restart tests need the test node")
-    yield node
-    if not node.running:
-        node.restart()
+URL_ENV = "CEINDEX_TEST_OPENSEARCH_URL"  # OpenSearch 2.19.1 (k-NN + neural-search)
+ES_URL_ENV = "CEINDEX_TEST_ELASTICSEARCH_URL"  # Elasticsearch 8.19, security off; run as root it runs as ceindex-es
+OS3_URL_ENV = "CEINDEX_TEST_OPENSEARCH3_URL"  # OpenSearch 3.5 (k-NN on a stand-in transport-grpc module; Java 21+)
+_session_opensearch_node, opensearch_url, opensearch_node = _node_fixtures("opensearch", OpenSearchNode, URL_ENV)
+_session_elasticsearch_node, elasticsearch_url, elasticsearch_node = _node_fixtures(
+    "elasticsearch", ElasticsearchNode, ES_URL_ENV)
+_session_opensearch3_node, opensearch3_url, opensearch3_node = _node_fixtures("opensearch3", OpenSearch3Node, OS3_URL_ENV)
