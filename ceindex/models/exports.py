@@ -14,15 +14,17 @@ and rebuilt. Nothing here touches the network.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
+import sys
 import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -201,13 +203,42 @@ def quantize_onnx(source: Path, folder: Path) -> None:
 
 def convert_openvino(source: Path, dtype: str, folder: Path) -> None:
     """The ONNX export as OpenVINO IR, float32 weights kept as float32 (not OpenVINO's default fp16 compression);
-    int8 = NNCF's int8 weight compression (asymmetric, per channel)."""
-    import openvino as ov
-
-    model = ov.convert_model(str(source / ONNX_FILE))
+    int8 = NNCF's int8 weight compression (asymmetric, per channel). Read with the runtime's ONNX reader, not
+    ``ov.convert_model``."""
+    ov = import_openvino()
+    model = ov.Core().read_model(str(source / ONNX_FILE))
     if dtype == "int8":
-        import nncf
-
+        nncf = _import_nncf()
         with _quiet_warnings():
             model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
     ov.save_model(model, str(folder / OPENVINO_FILE), compress_to_fp16=False)
+
+
+
+@contextlib.contextmanager
+def _no_usage_telemetry() -> Iterator[None]:
+    """OpenVINO sends a usage event when it is imported (its openvino.tools.ovc) and NNCF one per call, through the
+    openvino_telemetry package unless the user opted out; with that package unimportable both use their stubs."""
+    saved = sys.modules.get("openvino_telemetry")
+    sys.modules["openvino_telemetry"] = None  # type: ignore[assignment] - makes the import raise ImportError
+    try:
+        yield
+    finally:
+        if saved is None:
+            sys.modules.pop("openvino_telemetry", None)
+        else:
+            sys.modules["openvino_telemetry"] = saved
+
+
+def import_openvino() -> Any:
+    """The openvino module, imported without usage telemetry."""
+    with _no_usage_telemetry():
+        import openvino
+    return openvino
+
+
+def _import_nncf() -> Any:
+    with _no_usage_telemetry():
+        import nncf
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # not its per-call INFO table of bit widths on stdout
+    return nncf

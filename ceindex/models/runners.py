@@ -31,6 +31,7 @@ from ceindex.models.exports import (
     discard,
     ensure_export,
     export_onnx,
+    import_openvino,
     output_names,
     quantize_onnx,
 )
@@ -151,8 +152,7 @@ class OpenVinoRunner:
     thread has its own infer request (a request is not safe to share)."""
 
     def __init__(self, path: Path, key: ExportKey, threads: int) -> None:
-        import openvino as ov
-
+        ov = import_openvino()
         config = {"INFERENCE_NUM_THREADS": max(1, threads), "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_PRECISION_HINT": "f32"}
         self.compiled = ov.Core().compile_model(str(path), "CPU", config)

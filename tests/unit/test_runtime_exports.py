@@ -229,3 +229,29 @@ def test_threads_are_set_once_from_torch(bert: Path, root: Path) -> None:
     finally:
         torch.set_num_threads(before)
     assert reranker._runner.session.get_session_options().intra_op_num_threads == 1
+
+
+
+TELEMETRY_PROBE = """
+import sys
+from openvino_telemetry import main as telemetry
+sent = []
+for name in ("send_event", "start_session", "end_session", "force_shutdown"):
+    setattr(telemetry.Telemetry, name, lambda self, *a, _name=name, **k: sent.append((_name, a)))
+from ceindex.models.scorer import CrossEncoderReranker
+CrossEncoderReranker(sys.argv[1], device="cpu", runtime="openvino", dtype="int8", export_root=sys.argv[2],
+                     max_length=32).score([("cat", "the cat sat")])
+print("SENT", sent)
+"""
+
+
+def test_openvino_sends_no_usage_telemetry(bert: Path, tmp_path: Path) -> None:
+    """`import openvino` reports a usage event (openvino.tools.ovc) and NNCF one per call, through openvino_telemetry
+    unless the user opted out; ceindex imports both with that package blocked. A fresh interpreter, as a user's."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", TELEMETRY_PROBE, str(bert), str(tmp_path / "exports")],
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "SENT []" in done.stdout, done.stdout[-2000:]
