@@ -22,6 +22,7 @@ from ceindex.models import EncoderConfig, load_encoder
 from indexer.build import build_index
 from indexer.slices import build_slice, finalize_slices
 from tests.conftest import BACKEND_PARAMS, REPO, SAMPLE, cluster_url
+from tests.crashing import crash_on_write
 
 CORPUS = SAMPLE / "corpus.jsonl"
 IDS = {json.loads(line)["_id"] for line in CORPUS.read_text().splitlines() if line.strip()}
@@ -49,15 +50,7 @@ class _Crash(RuntimeError):
 def _slice(settings: Settings, encoder, spec: SliceSpec, tmp_path: Path, crash_at_write: int = 0):
     backend = open_backend(settings)
     if crash_at_write:
-        real_write, writes = backend.write, []
-
-        def crashing_write(state, docs, vectors):
-            writes.append(len(docs))
-            if len(writes) == crash_at_write:
-                raise _Crash("builder killed mid-slice")
-            return real_write(state, docs, vectors)
-
-        backend.write = crashing_write  # type: ignore[method-assign]
+        crash_on_write(backend, crash_at_write, _Crash)
     try:
         return build_slice(backend, encoder, CORPUS, settings.index, settings.build, spec,
                            rejects_path=tmp_path / f"{spec.key}.jsonl", progress=False)
@@ -161,3 +154,35 @@ def test_three_slice_processes_at_once_then_finalize_on_the_cli(settings: Settin
     result = json.loads(final.stdout)
     assert result["published"] and result["count_ok"] and result["indexed"] == 30
     assert _alias_target(settings) == summaries[0]["physical"]
+
+
+def test_rejects_of_all_slices_hold_the_finalize_back_until_allowed(settings: Settings, encoder,
+                                                                    tmp_path: Path) -> None:
+    """A row without an id (bad JSON) and a duplicate id are rejected by exactly one slice each; the finalize
+    counts them from every slice's record, holds the build back, and publishes it with --allow-rejects."""
+    corpus = tmp_path / "corpus.jsonl"
+    lines = CORPUS.read_text().splitlines()
+    corpus.write_text("\n".join([*lines, "{not json", lines[0]]) + "\n")
+    summaries = []
+    for number in (1, 2, 3):
+        backend = open_backend(settings)
+        try:
+            summaries.append(build_slice(backend, encoder, corpus, settings.index, settings.build,
+                                         SliceSpec(number, 3), rejects_path=tmp_path / f"r{number}.jsonl",
+                                         progress=False))
+        finally:
+            backend.close()
+    assert sum(s.read for s in summaries) == 32 and sum(s.rejected for s in summaries) == 2
+    backend = open_backend(settings)
+    try:
+        held = finalize_slices(backend, corpus, settings.index, settings.build)
+        assert not held.published and held.count_ok and (held.read, held.indexed, held.rejected) == (32, 30, 2)
+        assert "2 row(s) were rejected" in held.held_back and "r" in (held.rejects_file or "")
+        assert backend.alias_target(settings.index) is None
+        allowed = finalize_slices(backend, corpus, settings.index, replace(settings.build, allow_rejects=True))
+        assert allowed.published and backend.info(settings.index).count == 30
+    finally:
+        backend.close()
+    written = [json.loads(line) for n in (1, 2, 3) if (tmp_path / f"r{n}.jsonl").is_file()
+               for line in (tmp_path / f"r{n}.jsonl").read_text().splitlines()]
+    assert sorted(r["line"] for r in written) == [31, 32]

@@ -27,6 +27,7 @@ from ceindex.errors import BackendError, ConfigError
 from ceindex.models import EncoderConfig, load_encoder
 from indexer.build import build_index
 from tests.conftest import BACKEND_PARAMS, REPO, SAMPLE
+from tests.crashing import crash_on_write
 from tests.serving import free_port
 
 pytestmark = pytest.mark.reliability
@@ -164,15 +165,7 @@ class _Crash(RuntimeError):
 def _build_crashing_at_write(settings: Settings, encoder, alias: str, tmp_path: Path, crash_at: int) -> None:
     """Build ``alias`` from the sample corpus and crash in the ``crash_at``-th batch write (earlier ones commit)."""
     backend = open_backend(settings)
-    real_write, writes = backend.write, []
-
-    def crashing_write(state, docs, vectors):
-        writes.append(len(docs))
-        if len(writes) == crash_at:
-            raise _Crash("simulated crash")
-        return real_write(state, docs, vectors)
-
-    backend.write = crashing_write  # type: ignore[method-assign]
+    crash_on_write(backend, crash_at, _Crash)
     try:
         with pytest.raises(_Crash):
             build_index(backend, encoder, SAMPLE_CORPUS, alias, settings.build, rejects_path=tmp_path / "r.jsonl",
