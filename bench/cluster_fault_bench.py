@@ -36,7 +36,7 @@ from ceindex.backends import open_backend  # noqa: E402
 from ceindex.backends.base import Backend  # noqa: E402
 from ceindex.config import BuildConfig, OpenSearchConfig, Settings  # noqa: E402
 from ceindex.models import EncoderConfig, load_encoder  # noqa: E402
-from ceindex.testing.opensearch_cluster import OpenSearchCluster, read_compose_profile  # noqa: E402
+from ceindex.testing.opensearch_cluster import OpenSearchCluster  # noqa: E402
 from indexer.build import build_index  # noqa: E402
 
 logger = logging.getLogger("cluster_fault_bench")
@@ -109,18 +109,23 @@ def run_load(search: Callable[[int], tuple[str, ...]], n_queries: int, clients: 
         thread.join(seconds + 120)  # a request still waiting at the end is bounded by the client timeout
 
 
+def build_corpus(settings: Settings, encoder: Any, corpus: Path, folder: Path, backend: Backend | None = None) -> Any:
+    """``ceindex build`` of ``corpus`` into ``settings.index`` (rejects under ``folder``); the build summary."""
+    backend = backend or open_backend(settings)
+    try:
+        return build_index(backend, encoder, corpus, settings.index, settings.build,
+                           rejects_path=folder / "rejects.jsonl", progress=False)
+    finally:
+        backend.close()
+
+
 def build(cluster: OpenSearchCluster, folder: Path, copies: int, model: str, shards: int, replicas: int):
     corpus, queries = sample_corpus(folder, copies)
     settings = Settings(index=f"fault{uuid.uuid4().hex[:6]}", home=str(folder / "home"),
                         build=BuildConfig(shards=shards, replicas=replicas, encode_batch_docs=100, chunk_docs=100),
                         opensearch=OpenSearchConfig(url=cluster.url, timeout=30.0, max_retries=2))
     encoder = load_encoder(EncoderConfig(model=model, layer=1, max_length=64, batch_size=32))
-    backend = open_backend(settings)
-    try:
-        summary = build_index(backend, encoder, corpus, settings.index, settings.build,
-                              rejects_path=folder / "rejects.jsonl", progress=False)
-    finally:
-        backend.close()
+    summary = build_corpus(settings, encoder, corpus, folder)
     if not summary.published:
         raise RuntimeError(f"the bench index was not published: {summary.held_back}")
     return settings, queries, encoder.encode(queries), summary.indexed

@@ -2,16 +2,16 @@
 profile), a bigger copy of the sample corpus, and which member holds a primary of an index."""
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import replace
 from pathlib import Path
 
+from bench.cluster_fault_bench import build_corpus, sample_corpus
 from ceindex.config import BuildConfig, OpenSearchConfig, Settings
 from ceindex.testing.opensearch_cluster import OpenSearchCluster, read_compose_profile
-from tests.conftest import SAMPLE
 
 PROFILE = read_compose_profile()
+__all__ = ["PROFILE", "bigger_corpus", "build_corpus", "cluster_settings", "member_to_kill", "primary_holders"]
 
 
 def cluster_settings(cluster: OpenSearchCluster, tmp_path: Path, *, timeout: float = 30.0, max_retries: int = 2,
@@ -24,13 +24,8 @@ def cluster_settings(cluster: OpenSearchCluster, tmp_path: Path, *, timeout: flo
 
 def bigger_corpus(tmp_path: Path, copies: int) -> tuple[Path, int]:
     """The sample corpus ``copies`` times over (ids d01#0, d01#1, ...); returns the file and its row count."""
-    rows = [json.loads(line) for line in (SAMPLE / "corpus.jsonl").read_text().splitlines() if line.strip()]
-    path = tmp_path / "corpus.jsonl"
-    with open(path, "w", encoding="utf-8") as out:
-        for copy in range(copies):
-            for row in rows:
-                out.write(json.dumps({**row, "_id": f"{row['_id']}#{copy}"}) + "\n")
-    return path, copies * len(rows)
+    path, _queries = sample_corpus(tmp_path, copies)
+    return path, sum(1 for line in path.read_text().splitlines() if line.strip())
 
 
 def primary_holders(cluster: OpenSearchCluster, index: str) -> dict[str, int]:

@@ -14,12 +14,10 @@ from pathlib import Path
 import pytest
 
 from ceindex.backends import open_backend
-from ceindex.config import Settings
 from ceindex.errors import BackendError
 from ceindex.models import EncoderConfig, load_encoder
 from ceindex.testing.opensearch_cluster import OpenSearchCluster
-from indexer.build import build_index
-from tests.cluster.helpers import PROFILE, bigger_corpus, cluster_settings, member_to_kill
+from tests.cluster.helpers import PROFILE, bigger_corpus, build_corpus, cluster_settings, member_to_kill
 
 pytestmark = pytest.mark.cluster
 logger = logging.getLogger(__name__)
@@ -30,15 +28,6 @@ KILL_AT_WRITE = 4  # the 4th committed batch (of 20 documents) meets the dead me
 @pytest.fixture(scope="module")
 def encoder(tiny_ce_dir: Path):
     return load_encoder(EncoderConfig(model=str(tiny_ce_dir), layer=1, max_length=64, batch_size=20))
-
-
-def _build(settings: Settings, encoder, corpus: Path, tmp_path: Path, backend=None):
-    backend = backend or open_backend(settings)
-    try:
-        return build_index(backend, encoder, corpus, settings.index, settings.build,
-                           rejects_path=tmp_path / "rejects.jsonl", progress=False)
-    finally:
-        backend.close()
 
 
 def test_sigkill_of_a_data_node_mid_build_fails_clearly_and_the_rerun_resumes_to_the_corpus(
@@ -62,14 +51,14 @@ def test_sigkill_of_a_data_node_mid_build_fails_clearly_and_the_rerun_resumes_to
 
     backend.write = write_then_kill  # type: ignore[method-assign]
     with pytest.raises(BackendError, match="rerun") as failure:
-        _build(settings, encoder, corpus, tmp_path, backend)
+        build_corpus(settings, encoder, corpus, tmp_path, backend)
     assert killed and len(writes) == KILL_AT_WRITE  # it stopped at the batch that met the dead member
     assert "503" in str(failure.value) or "unavailable" in str(failure.value).lower()
     assert not (tmp_path / "rejects.jsonl").exists()  # nothing was blamed on the documents
 
     cluster.restart(killed[0])
     cluster.wait_for("yellow", nodes=len(cluster.nodes), timeout=300)  # the member's primary is back on its disk
-    summary = _build(settings, encoder, corpus, tmp_path)
+    summary = build_corpus(settings, encoder, corpus, tmp_path)
     assert summary.resumed_from == (KILL_AT_WRITE - 1) * 20  # the batches written before the kill are kept
     assert (summary.read, summary.indexed, summary.rejected) == (rows, rows, 0)
     assert summary.count_ok and summary.published

@@ -12,7 +12,6 @@ import json
 import logging
 import math
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -21,9 +20,8 @@ from ceindex.backends.base import Hit
 from ceindex.config import SearchConfig, Settings
 from ceindex.models import EncoderConfig, load_encoder
 from ceindex.testing.opensearch_cluster import OpenSearchCluster
-from indexer.build import build_index
 from search_pipeline import SearchPipeline, fuse_recall
-from tests.cluster.helpers import PROFILE, cluster_settings
+from tests.cluster.helpers import PROFILE, build_corpus, cluster_settings
 from tests.conftest import FIXTURE_CE, SCIFACT, require_shared
 
 pytestmark = pytest.mark.cluster
@@ -45,12 +43,7 @@ def indexes(_session_opensearch_cluster: OpenSearchCluster, tmp_path_factory: py
     for shards in sorted({1, PROFILE.shards}):
         settings = cluster_settings(_session_opensearch_cluster, tmp, shards=shards, encode_batch_docs=100,
                                     chunk_docs=100)
-        backend = open_backend(settings)
-        try:
-            summary = build_index(backend, encoder, corpus, settings.index, settings.build,
-                                  rejects_path=tmp / "rejects.jsonl", progress=False)
-        finally:
-            backend.close()
+        summary = build_corpus(settings, encoder, corpus, tmp)
         assert summary.published and summary.indexed == DOCS
         built[shards] = settings
     return built
