@@ -137,7 +137,12 @@ class EmbeddedBackend(Backend):
 
     # --- building ---------------------------------------------------------------------------
     def _read_meta_table(self, db: sqlite3.Connection) -> dict[str, Any]:
-        row = db.execute("SELECT value FROM meta WHERE key = 'state'").fetchone()
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'state'").fetchone()
+        except sqlite3.OperationalError as exc:  # another process has just created the file, not yet its tables
+            if "no such table" not in str(exc):
+                raise
+            return {}
         return json.loads(row[0]) if row else {}
 
     def build_metas(self, alias: str) -> dict[str, dict[str, Any]]:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 from ceindex.backends import open_backend
+from ceindex.backends.base import BuildState
 from ceindex.config import BuildConfig, OpenSearchConfig, Settings
 from ceindex.data.slices import SliceSpec
 from ceindex.errors import BackendError, EncoderMismatchError
@@ -47,21 +49,22 @@ class _Crash(RuntimeError):
     pass
 
 
-def _slice(settings: Settings, encoder, spec: SliceSpec, tmp_path: Path, crash_at_write: int = 0):
+def _slice(settings: Settings, encoder, spec: SliceSpec, tmp_path: Path, crash_at_write: int = 0,
+           corpus: Path = CORPUS):
     backend = open_backend(settings)
     if crash_at_write:
         crash_on_write(backend, crash_at_write, _Crash)
     try:
-        return build_slice(backend, encoder, CORPUS, settings.index, settings.build, spec,
+        return build_slice(backend, encoder, corpus, settings.index, settings.build, spec,
                            rejects_path=tmp_path / f"{spec.key}.jsonl", progress=False)
     finally:
         backend.close()
 
 
-def _finalize(settings: Settings, **kw):
+def _finalize(settings: Settings, corpus: Path = CORPUS, **kw):
     backend = open_backend(settings)
     try:
-        return finalize_slices(backend, CORPUS, settings.index, settings.build, **kw)
+        return finalize_slices(backend, corpus, settings.index, settings.build, **kw)
     finally:
         backend.close()
 
@@ -186,3 +189,54 @@ def test_rejects_of_all_slices_hold_the_finalize_back_until_allowed(settings: Se
     written = [json.loads(line) for n in (1, 2, 3) if (tmp_path / f"r{n}.jsonl").is_file()
                for line in (tmp_path / f"r{n}.jsonl").read_text().splitlines()]
     assert sorted(r["line"] for r in written) == [31, 32]
+
+
+def _slice_progress(settings: Settings, number: int) -> dict:
+    """Slice ``number``'s recorded progress in the (one) sliced build of the index, {} before it has one."""
+    backend = open_backend(settings)
+    try:
+        metas = backend.build_metas(settings.index)
+        if not metas or "encoder" not in next(iter(metas.values())):  # not created yet
+            return {}
+        (physical, meta), = metas.items()
+        return backend.read_slices(BuildState.from_meta(physical, meta)).get(number, {})
+    finally:
+        backend.close()
+
+
+def test_a_slice_process_killed_with_sigkill_resumes_after_its_last_commit(
+    settings: Settings, encoder, tiny_ce_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real `ceindex build --slice 2/3` process is SIGKILLed once it has committed a batch; rerunning the slice
+    resumes after that batch (its lock is taken over: the kernel drops the embedded flock, the cluster lock goes
+    stale), and the three slices + finalize hold the whole corpus."""
+    from ceindex.backends import cluster_lock
+
+    monkeypatch.setattr(cluster_lock, "STALE_S", 2.0)  # the killed holder's heartbeat stops: taken over in 2 s
+    rows = [json.loads(line) for line in CORPUS.read_text().splitlines() if line.strip()]
+    corpus = tmp_path / "copies.jsonl"
+    corpus.write_text("".join(json.dumps(row | {"_id": f"{row['_id']}-{k}"}) + "\n" for k in range(40) for row in rows))
+    flags = ["--index", settings.index, "--corpus", str(corpus), "--encoder", f"ce:{tiny_ce_dir},layer=1",
+             "--max-length", "64", "--encode-batch-docs", "5", "--no-progress", "--slice", "2/3"]
+    if settings.opensearch.url:
+        flags += ["--cluster", settings.opensearch.url]
+    env = os.environ | {"CEINDEX_HOME": settings.home or "", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-m", "ceindex.cli", "-q", "build", *flags], cwd=REPO, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while _slice_progress(settings, 2).get("committed", 0) == 0:
+            assert child.poll() is None, child.stderr.read()[-2000:]
+            assert time.monotonic() < deadline, "the slice never committed a batch"
+            time.sleep(0.05)
+    finally:
+        child.kill()
+        child.wait()
+    killed = _slice_progress(settings, 2)
+    assert killed["status"] != "complete" and 0 < killed["committed"] < 1200, "killed too late to test a resume"
+    resumed = _slice(settings, encoder, SliceSpec(2, 3), tmp_path, corpus=corpus)
+    assert resumed.resumed_from >= killed["committed"] and 0 < resumed.encoded < resumed.read
+    others = [_slice(settings, encoder, SliceSpec(n, 3), tmp_path, corpus=corpus) for n in (1, 3)]
+    assert resumed.read + sum(s.read for s in others) == 1200
+    final = _finalize(settings, corpus)
+    assert final.published and final.count_ok and final.indexed == 1200
