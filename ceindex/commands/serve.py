@@ -38,6 +38,14 @@ def serve_command(host: str, port: int, **params: Any) -> None:
     SIGTERM or Ctrl-C stops within a few seconds, cutting in-flight searches short.
 
     \b
+    Re-ranking under load: with --batching (default) the (query, document) pairs
+    of concurrent searches are scored together by one scoring thread (each search
+    gets its own scores; --batch-wait-ms, --batch-max-pairs), and scores of
+    repeated pairs come from an LRU cache (--score-cache-size, 0 = off) keyed by
+    the model's weights sha256, length, dtype and runtime. /healthz answers at
+    once however busy the searches are.
+
+    \b
     Example:
       export CEINDEX_API_KEY=$(openssl rand -hex 24)
       ceindex serve --index scifact --port 8080 &

@@ -273,7 +273,7 @@ def test_serve_limits_are_configuration_keys_with_flags() -> None:
     assert settings.serve.max_queries == 4 and settings.serve.request_timeout == 5.0
     text = defaults_yaml()
     for line in ("max_body_bytes: 65536  # --max-body-bytes", "max_queries: 32  # --max-queries",
-                 "max_concurrent: 2  # --max-concurrent", "request_timeout: 60.0  # --request-timeout"):
+                 "max_concurrent: 8  # --max-concurrent", "request_timeout: 60.0  # --request-timeout"):
         assert line in text
     with pytest.raises(ConfigError, match="serve.max_concurrent must be >= 1"):
         create_app(FakePipeline(), ServeConfig(max_concurrent=0))
@@ -489,7 +489,7 @@ def _raw_connection(url: str) -> socket.socket:
 def test_a_client_that_never_finishes_its_headers_is_disconnected(built: Settings) -> None:
     """Slow-header clients held their sockets for ever (uvicorn has no header deadline): 140 of them made the server
     unreachable."""
-    app = create_app(SearchPipeline(built), ServeConfig(header_timeout=1.0, max_connections=16))
+    app = create_app(SearchPipeline(built), ServeConfig(header_timeout=1.0, max_connections=16, max_concurrent=2, max_queued=8))
     with serving(app, as_served=True) as url:
         slow = _raw_connection(url)
         slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # ... and the blank line never comes
