@@ -39,3 +39,23 @@ def serving(app: Any, *, as_served: bool = False) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+def build_sample_index(settings: Any) -> Any:
+    """Build the sample corpus into ``settings.index`` (embedded store under ``settings.home``) with its encoder;
+    rejects go to ``<home>/rejects.jsonl``. Returns ``settings``."""
+    from pathlib import Path
+
+    from ceindex.backends import open_backend
+    from ceindex.data.corpus import corpus_path
+    from ceindex.models import load_encoder
+    from indexer.build import build_index
+    from tests.conftest import SAMPLE
+
+    backend = open_backend(settings)
+    try:
+        build_index(backend, load_encoder(settings.encoder), corpus_path(SAMPLE, None), settings.index, settings.build,
+                    rejects_path=Path(settings.home) / "rejects.jsonl", progress=False)
+    finally:
+        backend.close()
+    return settings

@@ -15,17 +15,14 @@ import httpx
 import numpy as np
 import pytest
 
-from ceindex.backends import open_backend
 from ceindex.config import SearchConfig, ServeConfig, Settings
-from ceindex.data.corpus import corpus_path
 from ceindex.errors import ConfigError
-from ceindex.models import EncoderConfig, load_encoder
+from ceindex.models import EncoderConfig
 from ceindex.models.scorer import CrossEncoderReranker
-from indexer.build import build_index
 from search_pipeline import SearchPipeline
 from search_pipeline.server import create_app
 from tests.conftest import SAMPLE
-from tests.serving import serving
+from tests.serving import build_sample_index, serving
 
 pytestmark = pytest.mark.reliability
 
@@ -60,15 +57,10 @@ def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) -
 
 @pytest.fixture(scope="module")
 def settings(tiny_ce_dir: Path, tmp_path_factory: pytest.TempPathFactory, one_torch_thread: None) -> Settings:
-    home = tmp_path_factory.mktemp("serve-batching-home")
-    settings = Settings(index="batched", home=str(home),
-                        search=SearchConfig(recall_n=10, rerank_top=TOP, rerank_max_length=64),
-                        encoder=EncoderConfig(model=str(tiny_ce_dir), layer=1, max_length=64))
-    backend = open_backend(settings)
-    build_index(backend, load_encoder(settings.encoder), corpus_path(SAMPLE, None), "batched", settings.build,
-                rejects_path=home / "rejects.jsonl", progress=False)
-    backend.close()
-    return settings
+    return build_sample_index(Settings(
+        index="batched", home=str(tmp_path_factory.mktemp("serve-batching-home")),
+        search=SearchConfig(recall_n=10, rerank_top=TOP, rerank_max_length=64),
+        encoder=EncoderConfig(model=str(tiny_ce_dir), layer=1, max_length=64)))
 
 
 @pytest.fixture()

@@ -21,16 +21,12 @@ from typing import Any, Callable, Iterator, Sequence
 import httpx
 import pytest
 
-from ceindex.backends import open_backend
 from ceindex.config import SearchConfig, ServeConfig, Settings, defaults_yaml, load_settings
-from ceindex.data.corpus import corpus_path
 from ceindex.errors import BackendError, ConfigError, InputError
-from ceindex.models import EncoderConfig, load_encoder
-from indexer.build import build_index
+from ceindex.models import EncoderConfig
 from search_pipeline import SearchPipeline, SearchResult
 from search_pipeline.server import QUERIES_PER_CHUNK, api_key_from_env, create_app
-from tests.conftest import SAMPLE
-from tests.serving import free_port, serving
+from tests.serving import build_sample_index, free_port, serving
 
 pytestmark = pytest.mark.reliability
 
@@ -77,14 +73,9 @@ def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> Non
 # --- a real tiny index and server -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def built(tiny_ce_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    home = tmp_path_factory.mktemp("serve-limits-home")
-    settings = Settings(index="served", home=str(home), search=SEARCH_SETTINGS,
-                        encoder=EncoderConfig(model=str(tiny_ce_dir), layer=1, max_length=64))
-    backend = open_backend(settings)
-    build_index(backend, load_encoder(settings.encoder), corpus_path(SAMPLE, None), "served", settings.build,
-                rejects_path=home / "rejects.jsonl", progress=False)
-    backend.close()
-    return settings
+    return build_sample_index(Settings(index="served", home=str(tmp_path_factory.mktemp("serve-limits-home")),
+                                       search=SEARCH_SETTINGS,
+                                       encoder=EncoderConfig(model=str(tiny_ce_dir), layer=1, max_length=64)))
 
 
 @pytest.fixture(scope="module")
