@@ -418,6 +418,9 @@ def main() -> None:
     if "embedded" in parts:
         log.info("embedded: %d synthetic documents", args.embedded_docs)
         results["embedded"] = measure_embedded(args.embedded_docs, args.embedded_batch, args.queries)
+    for part in parts:  # each part keeps the load it ran under (a --reuse run keeps the older parts' own)
+        if part in results:
+            results[part]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     load["loadavg_after"] = os.getloadavg()
     gpu = gpu_rates(args.gpu_json)
     rows = project(results, gpu, args.cpu_builders, args.gpu_builders, args.nodes, args.replicas)
