@@ -4,7 +4,8 @@ Starts the loopback cluster (``ceindex/testing/opensearch_cluster.py``: settings
 builds an index with the profile's shards and replicas (3 primaries, 1 replica) from the sample corpus made
 ``--copies`` times bigger, then runs ``--clients`` threads that each send ceindex's own recall requests (one
 ``backend.bm25`` and one ``backend.knn`` msearch per search, pre-encoded query vectors; the CE is not in the loop, so
-the figures are the cluster's) through the first member, in three phases of ``--phase-seconds``:
+the figures are the cluster's) through the first member, after ``--warmup-seconds`` of uncounted load, in three
+phases of ``--phase-seconds``:
 
   before   all three members up
   during   right after SIGKILL of a member that holds a primary (not the one the clients talk to); it stays down
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -132,7 +134,7 @@ def build(cluster: OpenSearchCluster, folder: Path, copies: int, model: str, sha
 
 
 def measure(cluster: OpenSearchCluster, *, model: str, copies: int = 10, clients: int = 3, phase_seconds: float = 15.0,
-            n: int = 10, folder: Path | None = None) -> dict[str, Any]:
+            n: int = 10, folder: Path | None = None, warmup_seconds: float = 10.0) -> dict[str, Any]:
     """Build the index, then the three phases with a SIGKILL and a restart between them; returns the figures."""
     if 3 * phase_seconds > MAX_LOAD_SECONDS:
         raise ValueError(f"3 phases of {phase_seconds}s exceed the {MAX_LOAD_SECONDS}s bound of the load")
@@ -147,6 +149,7 @@ def measure(cluster: OpenSearchCluster, *, model: str, copies: int = 10, clients
             return one_search(backend, settings.index, queries[q], vectors[q], n)
 
         expected = {q: search(q) for q in range(len(queries))}
+        run_load(search, len(queries), clients, warmup_seconds, expected, PhaseStats())  # JIT and caches, not counted
         stats = {phase: PhaseStats() for phase in PHASES}
         run_load(search, len(queries), clients, phase_seconds, expected, stats["before"])
         victim = next(i for i in range(1, len(cluster.nodes))
@@ -165,6 +168,7 @@ def measure(cluster: OpenSearchCluster, *, model: str, copies: int = 10, clients
         backend.close()
     return {
         "docs": docs, "queries": len(queries), "clients": clients, "phase_seconds": phase_seconds, "n": n,
+        "warmup_seconds": warmup_seconds, "load_avg_1m_at_end": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
         "shards": profile.shards, "replicas": profile.replicas, "killed": cluster.name_of(victim),
         "killed_was_cluster_manager": manager == cluster.name_of(victim), "health_during": health_during,
         "green_again_s_after_kill": round(back_after, 1),
@@ -177,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=3, help="search threads (default 3)")
     parser.add_argument("--phase-seconds", type=float, default=15.0,
                         help=f"load seconds per phase, 3 phases at most {MAX_LOAD_SECONDS}s in all (default 15)")
+    parser.add_argument("--warmup-seconds", type=float, default=10.0,
+                        help="uncounted load before the first phase (JIT, caches; default 10)")
     parser.add_argument("--copies", type=int, default=10, help="sample corpus copies (30 docs each; default 10)")
     parser.add_argument("--model", default=str(Path(__file__).resolve().parents[2] / "shared" / "models" /
                                                "ce-minilm-l6-scifact"), help="CE whose layer 1 embeds (default: fixture CE)")
@@ -187,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # opensearch-py's pool of 1 (README)
     with OpenSearchCluster() as cluster:
         result = measure(cluster, model=args.model, copies=args.copies, clients=args.clients,
-                         phase_seconds=args.phase_seconds)
+                         phase_seconds=args.phase_seconds, warmup_seconds=args.warmup_seconds)
     result["command"] = "bench/cluster_fault_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

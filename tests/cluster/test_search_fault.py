@@ -16,7 +16,7 @@ pytestmark = pytest.mark.cluster
 def test_searches_keep_answering_from_replicas_while_a_member_is_dead(
         opensearch_cluster: OpenSearchCluster, tiny_ce_dir: Path, tmp_path: Path) -> None:
     result = measure(opensearch_cluster, model=str(tiny_ce_dir), copies=4, clients=2, phase_seconds=5.0,
-                     folder=tmp_path)
+                     folder=tmp_path, warmup_seconds=2.0)
     phases = result["phases"]
     assert (result["shards"], result["replicas"]) == (3, 1) and result["health_during"] in ("yellow", "green")
     for phase in PHASES:
