@@ -97,7 +97,13 @@ def open_runner(model: torch.nn.Module, spec: RuntimeSpec, input_names: Sequence
     except Exception as exc:  # noqa: BLE001 - a valid-looking entry the runtime cannot read: rebuild it once
         log.warning("the cached export %s failed to load (%s); rebuilding it", key.folder_name(), exc)
         discard(root / key.folder_name())
+    try:
         return _load(model, forward, key, root)
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the runtime cannot run this model at all
+        raise ModelError(f"{spec.runtime} ({spec.dtype}) cannot run {spec.model_dir} ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:300] if str(exc) else ''}); use --runtime torch") from exc
 
 
 def _load(model: torch.nn.Module, forward: Forward, key: ExportKey, root: Path) -> "OnnxRunner | OpenVinoRunner":

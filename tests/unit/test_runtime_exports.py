@@ -255,3 +255,17 @@ def test_openvino_sends_no_usage_telemetry(bert: Path, tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0, done.stderr[-2000:]
     assert "SENT []" in done.stdout, done.stdout[-2000:]
+
+
+def test_entry_the_runtime_cannot_read_is_rebuilt(bert: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Files that match meta.json but that ONNX Runtime refuses (e.g. written by another version): rebuilt once."""
+    root = tmp_path / "exports"
+    reference = _scores(bert, root, "onnx")
+    (entry,) = [root / e for e in _entries(root)]
+    (entry / "model.onnx").write_bytes(b"not an onnx model")
+    meta = json.loads((entry / "meta.json").read_text())
+    meta["files"]["model.onnx"] = exports.file_sha256(entry / "model.onnx")
+    (entry / "meta.json").write_text(json.dumps(meta))
+    assert entry_is_valid(entry)
+    assert np.array_equal(_scores(bert, root, "onnx"), reference)
+    assert "failed to load" in caplog.text
