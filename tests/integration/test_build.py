@@ -10,26 +10,17 @@ from pathlib import Path
 import pytest
 
 from ceindex.backends import open_backend
-from ceindex.config import BuildConfig, OpenSearchConfig, Settings
+from ceindex.config import BuildConfig, Settings
 from ceindex.errors import BackendError, EncoderMismatchError
 from ceindex.models import EncoderConfig, load_encoder
 from indexer.build import build_index
-from tests.conftest import CORE_BACKEND_PARAMS, SAMPLE, cluster_node, cluster_url
+from tests.conftest import CORE_BACKEND_PARAMS, SAMPLE, cluster_node
+from tests.integration.conftest import build_settings
 
 
 @pytest.fixture(params=CORE_BACKEND_PARAMS)
 def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    base = Settings(index=f"t{uuid.uuid4().hex[:8]}", home=str(tmp_path / "home"),
-                    build=BuildConfig(encode_batch_docs=5, chunk_docs=4))
-    url = cluster_url(request, request.param)
-    if url:
-        base = replace(base, opensearch=OpenSearchConfig(url=url, max_retries=1, timeout=10))
-    return base
-
-
-@pytest.fixture(scope="module")
-def encoder(tiny_ce_dir: Path):
-    return load_encoder(EncoderConfig(model=str(tiny_ce_dir), layer=1, max_length=64, batch_size=8))
+    return build_settings(request, tmp_path, "t")
 
 
 def _corpus(tmp_path: Path, extra: list[str] | None = None) -> Path:

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,13 +16,14 @@ import pytest
 
 from ceindex.backends import open_backend
 from ceindex.backends.base import BuildState
-from ceindex.config import BuildConfig, OpenSearchConfig, Settings
+from ceindex.config import Settings
 from ceindex.data.slices import SliceSpec
 from ceindex.errors import BackendError, EncoderMismatchError
 from ceindex.models import EncoderConfig, load_encoder
 from indexer.build import build_index
 from indexer.slices import build_slice, finalize_slices
-from tests.conftest import BACKEND_PARAMS, REPO, SAMPLE, cluster_url
+from tests.conftest import BACKEND_PARAMS, REPO, SAMPLE
+from tests.integration.conftest import build_settings
 from tests.crashing import crash_on_write
 
 CORPUS = SAMPLE / "corpus.jsonl"
@@ -32,17 +32,7 @@ IDS = {json.loads(line)["_id"] for line in CORPUS.read_text().splitlines() if li
 
 @pytest.fixture(params=BACKEND_PARAMS)
 def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    base = Settings(index=f"sl{uuid.uuid4().hex[:8]}", home=str(tmp_path / "home"),
-                    build=BuildConfig(encode_batch_docs=5, chunk_docs=4))
-    url = cluster_url(request, request.param)
-    if url:
-        base = replace(base, opensearch=OpenSearchConfig(url=url, max_retries=1, timeout=10))
-    return base
-
-
-@pytest.fixture(scope="module")
-def encoder(tiny_ce_dir: Path):
-    return load_encoder(EncoderConfig(model=str(tiny_ce_dir), layer=1, max_length=64, batch_size=8))
+    return build_settings(request, tmp_path, "sl")
 
 
 class _Crash(RuntimeError):
