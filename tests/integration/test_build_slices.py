@@ -22,7 +22,7 @@ from ceindex.errors import BackendError, EncoderMismatchError
 from ceindex.models import EncoderConfig, load_encoder
 from indexer.build import build_index
 from indexer.slices import build_slice, finalize_slices
-from tests.conftest import BACKEND_PARAMS, REPO, SAMPLE
+from tests.conftest import ALL_BACKEND_PARAMS, REPO, SAMPLE
 from tests.integration.conftest import build_settings
 from tests.crashing import crash_on_write
 
@@ -30,7 +30,7 @@ CORPUS = SAMPLE / "corpus.jsonl"
 IDS = {json.loads(line)["_id"] for line in CORPUS.read_text().splitlines() if line.strip()}
 
 
-@pytest.fixture(params=BACKEND_PARAMS)
+@pytest.fixture(params=ALL_BACKEND_PARAMS)
 def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     return build_settings(request, tmp_path, "sl")
 
@@ -230,3 +230,25 @@ def test_a_slice_process_killed_with_sigkill_resumes_after_its_last_commit(
     assert resumed.read + sum(s.read for s in others) == 1200
     final = _finalize(settings, corpus)
     assert final.published and final.count_ok and final.indexed == 1200
+
+
+def test_cli_prints_what_each_slice_did_and_what_is_left(ceindex_home: Path, tiny_ce_dir: Path) -> None:
+    from click.testing import CliRunner
+
+    from ceindex.cli import cli
+
+    flags = ["build", "--index", "clisl", "--corpus", str(CORPUS), "--encoder", f"ce:{tiny_ce_dir},layer=1",
+             "--max-length", "64", "--no-progress"]
+    runner = CliRunner()
+    first = runner.invoke(cli, [*flags, "--slice", "1/2"])
+    assert first.exit_code == 0, first.output
+    assert "slice 1/2 of clisl -> clisl-" in first.output and "complete" in first.output
+    assert "still to do before --finalize: slice 2/2 (never started)" in first.output
+    early = runner.invoke(cli, [*flags, "--finalize"])
+    assert early.exit_code == 2 and "slice(s) 2/2 (never started) not done" in early.output
+    assert "Traceback" not in early.output
+    second = runner.invoke(cli, [*flags, "--slice", "2/2"])
+    assert second.exit_code == 0 and "all slices are done: run the same command with --finalize" in second.output
+    final = runner.invoke(cli, [*flags, "--finalize"])
+    assert final.exit_code == 0, final.output
+    assert "count check: ok" in final.output and "published: clisl now serves clisl-" in final.output
