@@ -238,6 +238,9 @@ def finalize_slices(
         summary = _summary_of_slices(alias, state, records, fields, plan.inferred, plan.skipped)
         summary.indexed = backend.seal(state, settings)
         _publish_if_good(backend, state, summary, build)
+        if not summary.count_ok:
+            summary.held_back = (f"{summary.held_back}. For a sliced build: rerun every slice's command (they start a "
+                                 "new sliced build), then --finalize")
         if prune and summary.published:
             summary.pruned = backend.prune(alias)
     summary.seconds = time.perf_counter() - started

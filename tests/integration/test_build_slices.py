@@ -252,3 +252,24 @@ def test_cli_prints_what_each_slice_did_and_what_is_left(ceindex_home: Path, tin
     final = runner.invoke(cli, [*flags, "--finalize"])
     assert final.exit_code == 0, final.output
     assert "count check: ok" in final.output and "published: clisl now serves clisl-" in final.output
+
+
+def test_a_failed_count_check_at_the_finalize_publishes_nothing_and_says_to_rerun_the_slices(
+    ceindex_home: Path, encoder, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    settings = Settings(index="lost", home=str(ceindex_home))
+    done = [_slice(settings, encoder, SliceSpec(n, 2), tmp_path) for n in (1, 2)]
+    db = sqlite3.connect(ceindex_home / "indexes" / done[0].physical / "docs.sqlite")
+    with db:  # a document the slices wrote goes missing before the finalize
+        db.execute("DELETE FROM docs WHERE id = (SELECT id FROM docs LIMIT 1)")
+    db.close()
+    final = _finalize(settings)
+    assert not final.published and not final.count_ok and (final.read, final.indexed) == (30, 29)
+    assert "count check failed" in final.held_back and "rerun every slice's command" in final.held_back
+    assert _alias_target(settings) is None
+    with pytest.raises(BackendError, match="no unpublished sliced build"):  # marked failed: never finalized again
+        _finalize(settings)
+    again = _slice(settings, encoder, SliceSpec(1, 2), tmp_path)
+    assert again.physical != done[0].physical and again.encoded == again.read
