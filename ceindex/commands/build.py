@@ -77,6 +77,9 @@ def build_command(data_dir: str | None, corpus_file: str | None, rejects_file: s
     spec = parse_slice(settings.build.slice) if settings.build.slice else None
     if finalize and spec is not None:
         raise ConfigError("--finalize finishes all the slices of a build: give it the slices' flags without --slice")
+    if prune and spec is not None:
+        raise ConfigError("--prune deletes older builds once the alias has moved, which only --finalize does: give "
+                          "--prune to the finalize, not to a slice")
     name = settings.index if spec is None else f"{settings.index}.{spec.key}"
     rejects = Path(rejects_file) if rejects_file else settings.home_path / "rejects" / f"{name}.jsonl"
     backend = open_backend(settings)

@@ -70,6 +70,7 @@ def test_the_slices_of_a_corpus_are_its_rows_split_by_id_in_any_row_order() -> N
 @pytest.mark.parametrize("args, message", [
     (["--slice", "4/3"], "numbered 1 to 3"),
     (["--slice", "2/3", "--finalize"], "--finalize finishes all the slices"),
+    (["--slice", "2/3", "--prune"], "give --prune to the finalize"),
 ])
 def test_cli_refuses_a_bad_slice_in_one_line(args: list[str], message: str, ceindex_home, tmp_path) -> None:
     result = CliRunner().invoke(cli, ["build", "--data", str(SAMPLE), "--index", "x", *args])
