@@ -115,8 +115,8 @@ class SearchConfig:
 class ServeConfig:
     max_body_bytes: int = _opt(64 * 1024, "--max-body-bytes", "Largest request body accepted by `ceindex serve`; larger ones get 413.")
     max_queries: int = _opt(32, "--max-queries", "Most queries in one /search request; more get 413.")
-    max_concurrent: int = _opt(8, "--max-concurrent", "Searches running at once, each on a thread of its own (recall runs there; with --batching their re-rank pairs meet at the one scoring thread, without it each runs the cross-encoder itself: then use about as many as there are cores); the rest wait in a queue.")
-    max_queued: int = _opt(16, "--max-queued", "Requests that may wait for a search slot; more get 503 with Retry-After.")
+    max_concurrent: int = _opt(2, "--max-concurrent", "Searches running at once, each on a thread of its own (recall runs there; with --batching their re-rank pairs wait for the one scoring thread, so a re-ranking server batches up to this many searches: raise it, e.g. 8, to batch more); the rest wait in a queue.")
+    max_queued: int = _opt(8, "--max-queued", "Requests that may wait for a search slot; more get 503 with Retry-After.")
     request_timeout: float = _opt(60.0, "--request-timeout", "Seconds a request may take: its body must arrive in time (else 408), get a search slot (else 503) and finish searching (else 504; its remaining queries are dropped).")
     max_connections: int = _opt(64, "--max-connections", "Open HTTP connections at most; requests on more get 503 (put a reverse proxy in front of a public server).")
     header_timeout: float = _opt(10.0, "--header-timeout", "Seconds a connection may take to send a request's headers; slower ones (and idle ones) are closed.")

@@ -264,7 +264,7 @@ def test_serve_limits_are_configuration_keys_with_flags() -> None:
     assert settings.serve.max_queries == 4 and settings.serve.request_timeout == 5.0
     text = defaults_yaml()
     for line in ("max_body_bytes: 65536  # --max-body-bytes", "max_queries: 32  # --max-queries",
-                 "max_concurrent: 8  # --max-concurrent", "request_timeout: 60.0  # --request-timeout"):
+                 "max_concurrent: 2  # --max-concurrent", "request_timeout: 60.0  # --request-timeout"):
         assert line in text
     with pytest.raises(ConfigError, match="serve.max_concurrent must be >= 1"):
         create_app(FakePipeline(), ServeConfig(max_concurrent=0))
