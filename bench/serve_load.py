@@ -8,8 +8,10 @@ then for each re-rank setting starts the real `ceindex serve` once per mode:
 
 * before: --no-batching --score-cache-size 0 --max-concurrent 2 --max-queued 8 (serve until micro-batching:
   every search runs the cross-encoder on its own search thread, 2 at once);
-* after: serve's defaults (micro-batching, the score cache, 8 searches at once, 16 waiting; --after-flags adds
-  flags).
+* after: serve's defaults (micro-batching, the score cache) plus --after-flags (default --max-concurrent 8
+  --max-queued 16, so that up to 8 searches can meet at the batcher).
+
+The two servers run side by side and their cells alternate, so load from other processes falls on both alike.
 
 Each cell runs C client threads for --seconds; every request takes the next query from a cursor over all 1,109
 SciFact queries that starts at 0 on every server, so with re-rank on no query repeats on a server within a run
@@ -42,9 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import FIXTURE_CE, REPO, SCIFACT, markdown_table, require, write_json  # noqa: E402
 
 PROBE_EVERY_S = 0.05
-# before: what serve did until micro-batching (its limits then: 2 searches at once, 8 waiting); after: the defaults
+# before: what serve did until micro-batching (2 searches at once, 8 waiting); after: batching, the cache, and room
+# for 8 searches to meet at the batcher (--after-flags)
 MODE_FLAGS = {"before": ["--no-batching", "--score-cache-size", "0", "--max-concurrent", "2", "--max-queued", "8"]}
-AFTER_FLAGS = ""
+AFTER_FLAGS = "--max-concurrent 8 --max-queued 16"
 OVERLOAD_PAUSE_S = 0.05  # a refused overload client waits this long before its next request (keeps the run bounded)
 
 
@@ -273,29 +276,33 @@ def _stop(server: subprocess.Popen) -> None:
 
 
 def run_setting(run: Run, rerank: bool) -> None:
-    """Both modes for one re-rank setting; the 'before' server's single-client answers are the reference."""
+    """Both modes for one re-rank setting, their servers up together and their cells interleaved (before, after
+    at 1 client, then at 4, ...) so that the machine's other load falls on both alike; the 'before' server's
+    single-client answers are the reference."""
     args = run.args
     search_flags = ["--rerank", "--rerank-top", str(args.rerank_top)] if rerank else ["--no-rerank"]
-    reference: dict[int, list[str]] = {}
-    for mode in args.modes.split(","):
-        flags = search_flags + (MODE_FLAGS[mode] if mode in MODE_FLAGS else args.after_flags.split())
-        server, base = run.server(flags)
-        try:
-            if not reference:
-                reference = reference_answers(base, run.pool, args.reference if rerank else 100)
-            source = QuerySource(run.pool)  # a fresh cursor: with re-rank no query repeats on this server
-            for clients in (int(x) for x in args.clients.split(",")):
-                run.cell(base, {"rerank": rerank, "mode": mode, "queries": "distinct"}, source, reference,
-                         clients, args.seconds)
-            if rerank and mode != "before" and args.cache_queries:
-                repeated = QuerySource(run.pool, cycle=args.cache_queries)
-                run.cell(base, {"rerank": rerank, "mode": mode, "queries": f"{args.cache_queries} repeated"},
-                         repeated, reference, max(int(x) for x in args.clients.split(",")), args.seconds)
-            if rerank and mode != "before" and args.overload_clients:
-                run.cell(base, {"rerank": rerank, "mode": mode, "queries": "distinct", "overload": True}, source,
-                         reference, args.overload_clients, args.overload_seconds,
-                         pause_after_refusal=OVERLOAD_PAUSE_S)
-        finally:
+    modes = args.modes.split(",")
+    servers: dict[str, tuple[subprocess.Popen, str]] = {}
+    try:
+        for mode in modes:
+            servers[mode] = run.server(search_flags + (MODE_FLAGS[mode] if mode in MODE_FLAGS else args.after_flags.split()))
+        reference = reference_answers(servers[modes[0]][1], run.pool, args.reference if rerank else 100)
+        sources = {mode: QuerySource(run.pool) for mode in modes}  # a cursor each: no query repeats on a server
+        for clients in (int(x) for x in args.clients.split(",")):
+            for mode in modes:
+                run.cell(servers[mode][1], {"rerank": rerank, "mode": mode, "queries": "distinct"}, sources[mode],
+                         reference, clients, args.seconds)
+        last = servers[modes[-1]][1]
+        if rerank and args.cache_queries:
+            repeated = QuerySource(run.pool, cycle=args.cache_queries)
+            run.cell(last, {"rerank": rerank, "mode": modes[-1], "queries": f"{args.cache_queries} repeated"},
+                     repeated, reference, max(int(x) for x in args.clients.split(",")), args.seconds)
+        if rerank and args.overload_clients:
+            run.cell(last, {"rerank": rerank, "mode": modes[-1], "queries": "distinct", "overload": True},
+                     sources[modes[-1]], reference, args.overload_clients, args.overload_seconds,
+                     pause_after_refusal=OVERLOAD_PAUSE_S)
+    finally:
+        for server, _ in servers.values():
             _stop(server)
 
 
