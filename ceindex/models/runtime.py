@@ -119,11 +119,19 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
 
 
+def position_limit(model: torch.nn.Module) -> int | None:
+    """The longest input the model's position embeddings allow (None when its config does not say)."""
+    positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+    if not positions:
+        return None
+    if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        return positions - 2  # position ids start after the padding index
+    return positions
+
+
 def effective_max_length(requested: int, model: torch.nn.Module, tokenizer: Any) -> int:
     """``requested``, capped at what the model's position embeddings allow."""
-    limit = int(getattr(model.config, "max_position_embeddings", requested) or requested)
-    if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-        limit -= 2  # position ids start after the padding index
+    limit = position_limit(model) or requested
     tok_limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(tok_limit, int) and 0 < tok_limit < 1_000_000:
         limit = min(limit, tok_limit)
@@ -154,9 +162,9 @@ def training_max_length(model: torch.nn.Module, tokenizer: Any) -> tuple[int | N
             value = None
         if _is_length(value):
             return int(value), "sentence_bert_config.json max_seq_length"
-    positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+    limit = position_limit(model)
     model_max = getattr(tokenizer, "model_max_length", None)
-    if _is_length(model_max) and (positions == 0 or model_max < positions):
+    if _is_length(model_max) and (limit is None or model_max < limit):
         return int(model_max), "tokenizer model_max_length"
     saved = (getattr(tokenizer, "init_kwargs", None) or {}).get("max_length")
     if _is_length(saved):

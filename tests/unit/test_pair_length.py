@@ -54,6 +54,16 @@ def test_model_max_length_equal_to_the_positions_says_nothing(tiny_ce: Path) -> 
     assert CrossEncoderReranker(str(tiny_ce), device="cpu").max_length == 96
 
 
+def test_roberta_model_max_length_at_its_position_limit_says_nothing(tmp_path: Path) -> None:
+    # RoBERTa-family positions are the input limit + 2: a stock model_max_length (= the limit) is no training length
+    folder = build_tiny_ce("roberta", tmp_path / "roberta")
+    _edit_tokenizer_config(folder, model_max_length=TINY_POSITIONS - 2)
+    reranker = CrossEncoderReranker(str(folder), device="cpu")
+    assert reranker.max_length_source.startswith("default")
+    _edit_tokenizer_config(folder, model_max_length=64)
+    assert CrossEncoderReranker(str(folder), device="cpu").max_length == 64
+
+
 def test_sentence_transformers_max_seq_length_wins(tiny_ce: Path) -> None:
     _edit_tokenizer_config(tiny_ce, max_length=96, model_max_length=100)
     (tiny_ce / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 80}))
