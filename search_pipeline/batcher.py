@@ -9,7 +9,9 @@ server adds at most ``wait_s`` to a request.
 
 A request scored alone gets the very scores ``CrossEncoderReranker.score`` gives its pairs; scored together
 with others, its pairs sit in other batch shapes, which changes float32 scores in the last bits (about 1e-6,
-what CPU matrix kernels give for another batch size) and never anything else.
+what CPU matrix kernels give for another batch size). Dynamic int8 (torch, ONNX Runtime) quantises activations
+per batch and moves scores far more, so ``serve`` does not batch (nor cache) those
+(``server.scores_depend_on_batch``).
 
 Every wait is bounded: a search thread waits only while :func:`waiting_limited_by`'s ``should_stop`` says no
 (the HTTP gate passes the request's deadline, its client's disconnect and shutdown), and a request that stops

@@ -438,6 +438,14 @@ class RerankStack:
             self.batcher.close()
 
 
+def scores_depend_on_batch(search: Any) -> bool:
+    """torch's and ONNX Runtime's dynamic int8 quantise activations over the whole padded batch: a pair's score
+    then changes with its batch companions (by up to ~1.7 logits on the fixture CE), so requests must not share
+    batches or cached scores. OpenVINO's int8 compresses weights only, and float32 differs in the last bits."""
+    return getattr(search, "rerank_dtype", "float32") == "int8" and getattr(search, "rerank_runtime", "torch") in (
+        "torch", "onnx")
+
+
 def rerank_stack(pipeline: Any, config: ServeConfig) -> RerankStack:
     """Wrap ``pipeline``'s re-ranker for serving: cached pairs are answered at once, the rest go to the batcher
     (or, without batching, to the model on the search's own thread). The Python API's pipeline is untouched."""
@@ -445,6 +453,12 @@ def rerank_stack(pipeline: Any, config: ServeConfig) -> RerankStack:
     if not (getattr(search, "rerank", False) and hasattr(pipeline, "with_reranker")):
         return RerankStack(pipeline)  # nothing re-ranks (or a stand-in pipeline)
     if not (config.batching or config.score_cache_size):
+        return RerankStack(pipeline)
+    if scores_depend_on_batch(search):
+        logger.warning("re-ranking with %s int8 quantises activations per batch, so a pair's score depends on the "
+                       "pairs batched with it: micro-batching and the score cache are off (each request scores "
+                       "its own pairs, as the Python API does); openvino int8 or float32 allow both",
+                       search.rerank_runtime)
         return RerankStack(pipeline)
     reranker = pipeline.reranker
     scorer: Any = reranker

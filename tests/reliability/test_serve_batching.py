@@ -187,6 +187,23 @@ def test_batching_and_the_cache_switch_off(held) -> None:
         assert "serving" not in httpx.get(f"{url}/healthz", timeout=10).json()
 
 
+@pytest.mark.parametrize(("runtime", "dtype", "shared"), [
+    ("torch", "int8", False), ("onnx", "int8", False), ("openvino", "int8", True), ("torch", "float32", True)])
+def test_int8_whose_scores_depend_on_the_batch_is_never_batched_nor_cached(
+        settings: Settings, runtime: str, dtype: str, shared: bool) -> None:
+    # dynamic int8 (torch, ONNX Runtime) quantises activations per batch: a pair's score moves with its companions
+    search = replace(settings.search, rerank_runtime=runtime, rerank_dtype=dtype)
+    pipeline = SearchPipeline(replace(settings, search=search),
+                              reranker=CrossEncoderReranker(settings.encoder.model, max_length=64))
+    try:
+        app = create_app(pipeline, ServeConfig(batching=True, score_cache_size=100))
+        stack = app.state.rerank
+        assert (stack.batcher is not None, stack.cache is not None) == (shared, shared)
+        stack.close()
+    finally:
+        pipeline.close()
+
+
 @pytest.mark.parametrize(("changes", "message"), [
     ({"batch_wait_ms": -1.0}, "serve.batch_wait_ms must be between 0 and 1000"),
     ({"batch_wait_ms": float("nan")}, "serve.batch_wait_ms must be between 0 and 1000"),
