@@ -208,7 +208,7 @@ def convert_openvino(source: Path, dtype: str, folder: Path) -> None:
     ov = import_openvino()
     model = ov.Core().read_model(str(source / ONNX_FILE))
     if dtype == "int8":
-        nncf = _import_nncf()
+        nncf = import_nncf()
         with _quiet_warnings():
             model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
     ov.save_model(model, str(folder / OPENVINO_FILE), compress_to_fp16=False)
@@ -237,7 +237,7 @@ def import_openvino() -> Any:
     return openvino
 
 
-def _import_nncf() -> Any:
+def import_nncf() -> Any:
     with _no_usage_telemetry():
         import nncf
     logging.getLogger("nncf").setLevel(logging.WARNING)  # not its per-call INFO table of bit widths on stdout

@@ -10,6 +10,7 @@ before loading changes all three). A runner is shared by every thread that score
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from ceindex.models.exports import (
     discard,
     ensure_export,
     export_onnx,
+    import_nncf,
     import_openvino,
     output_names,
     quantize_onnx,
@@ -89,32 +91,77 @@ def open_runner(model: torch.nn.Module, spec: RuntimeSpec, input_names: Sequence
         weights_sha256=weights_sha256(spec.model_dir), config_sha256=_config_sha256(spec.model_dir),
         head=spec.head, layers=tuple(spec.layers), depth=int(getattr(model.config, "num_hidden_layers", 0)),
         input_names=tuple(sorted(input_names)), runtime=spec.runtime, dtype=spec.dtype)
-    root = spec.export_root or default_export_root()
+    require_runtime(spec.runtime, spec.dtype)  # before the cache: a missing runtime is no reason to rebuild
+    root = Path(spec.export_root) if spec.export_root is not None else default_export_root()
+    threads = torch.get_num_threads()
+    entry = _export(model, forward, key, root, spec)
     try:
-        return _load(model, forward, key, root)
+        return _open(entry, key, threads)
     except ModelError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a valid-looking entry the runtime cannot read: rebuild it once
+    except Exception as exc:  # noqa: BLE001 - the runtime's reader refuses a valid-looking entry: rebuild it once
         log.warning("the cached export %s failed to load (%s); rebuilding it", key.folder_name(), exc)
-        discard(root / key.folder_name())
+        discard(entry)
+    entry = _export(model, forward, key, root, spec)
     try:
-        return _load(model, forward, key, root)
+        return _open(entry, key, threads)
     except ModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - the runtime cannot run this model at all
-        raise ModelError(f"{spec.runtime} ({spec.dtype}) cannot run {spec.model_dir} ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:300] if str(exc) else ''}); use --runtime torch") from exc
+        raise _cannot_run(spec, exc) from exc
 
 
-def _load(model: torch.nn.Module, forward: Forward, key: ExportKey, root: Path) -> "OnnxRunner | OpenVinoRunner":
+# the packages each runtime (and its int8 step) imports; all are in the ``runtimes`` extra
+_RUNTIME_PACKAGES = {("onnx", "float32"): ("onnxruntime",), ("onnx", "int8"): ("onnxruntime", "onnx"),
+                     ("openvino", "float32"): ("openvino",), ("openvino", "int8"): ("openvino", "nncf")}
+
+
+def require_runtime(runtime: str, dtype: str) -> None:
+    """ConfigError naming what to install when a package ``runtime`` (at ``dtype``) needs does not import."""
+    for package in _RUNTIME_PACKAGES.get((runtime, dtype), ()):
+        try:
+            if package == "openvino":
+                import_openvino()
+            elif package == "nncf":
+                import_nncf()
+            else:
+                importlib.import_module(package)
+        except Exception as exc:  # noqa: BLE001 - missing (ImportError) or broken (e.g. OSError from its library)
+            detail = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            raise ConfigError(
+                f"runtime {runtime} ({dtype}) needs the {package} package, which did not import ({detail}); "
+                f"install the runtimes extra: pip install 'ceindex[runtimes]', or run on torch: --runtime torch "
+                f"(--rerank-runtime torch for the re-ranker)") from exc
+
+
+def _export(model: torch.nn.Module, forward: Forward, key: ExportKey, root: Path, spec: RuntimeSpec) -> Path:
+    """The folder of the export ``key`` (made when missing or corrupt); a failure to make it is a ModelError."""
+    try:
+        return _ensure(model, forward, key, root)
+    except (ModelError, ConfigError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the exporter cannot trace / convert this model
+        raise _cannot_run(spec, exc) from exc
+
+
+def _cannot_run(spec: RuntimeSpec, exc: BaseException) -> ModelError:
+    return ModelError(f"{spec.runtime} ({spec.dtype}) cannot run {spec.model_dir} ({type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0][:300] if str(exc) else ''}); use --runtime torch")
+
+
+def _ensure(model: torch.nn.Module, forward: Forward, key: ExportKey, root: Path) -> Path:
     onnx_key = key.variant("onnx", "float32")
     onnx_fp32 = ensure_export(onnx_key, root, lambda folder: export_onnx(model, forward, onnx_key, folder))
-    threads = torch.get_num_threads()
     if key.runtime == "onnx":
-        entry = onnx_fp32 if key.dtype == "float32" else ensure_export(
+        return onnx_fp32 if key.dtype == "float32" else ensure_export(
             key, root, lambda folder: quantize_onnx(onnx_fp32, folder))
+    return ensure_export(key, root, lambda folder: convert_openvino(onnx_fp32, key.dtype, folder))
+
+
+def _open(entry: Path, key: ExportKey, threads: int) -> "OnnxRunner | OpenVinoRunner":
+    """The runtime's reader over a made entry (its errors are the ones that discard the entry)."""
+    if key.runtime == "onnx":
         return OnnxRunner(entry / ONNX_FILE, key, threads)
-    entry = ensure_export(key, root, lambda folder: convert_openvino(onnx_fp32, key.dtype, folder))
     return OpenVinoRunner(entry / OPENVINO_FILE, key, threads)
 
 

@@ -269,3 +269,35 @@ def test_entry_the_runtime_cannot_read_is_rebuilt(bert: Path, tmp_path: Path, ca
     assert entry_is_valid(entry)
     assert np.array_equal(_scores(bert, root, "onnx"), reference)
     assert "failed to load" in caplog.text
+
+
+@pytest.mark.parametrize("runtime,package", [("onnx", "onnxruntime"), ("openvino", "openvino")])
+def test_missing_runtime_keeps_the_cache_and_says_what_to_install(bert: Path, tmp_path: Path, runtime: str,
+                                                                   package: str, monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """No ``runtimes`` extra (the package does not import): a ConfigError naming the extra and --runtime torch,
+    raised before the cache is touched: the valid export stays as it was, nothing is rebuilt."""
+    root = tmp_path / "exports"
+    _scores(bert, root, runtime)
+    before = {name: (root / name / "meta.json").stat().st_ino for name in _entries(root)}
+    monkeypatch.setitem(__import__("sys").modules, package, None)  # as on an install without the extra
+    with pytest.raises(ConfigError) as raised:
+        _scores(bert, root, runtime)
+    message = str(raised.value)
+    assert package in message and "pip install 'ceindex[runtimes]'" in message and "--runtime torch" in message
+    assert {name: (root / name / "meta.json").stat().st_ino for name in _entries(root)} == before
+    assert all(entry_is_valid(root / name) for name in before)
+    assert "rebuilding" not in caplog.text
+
+
+def test_export_root_may_be_a_str(bert: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A str root works on every path, the rebuild of an entry the runtime cannot read included."""
+    root = tmp_path / "exports"
+    reference = _scores(bert, str(root), "onnx")  # type: ignore[arg-type]
+    (entry,) = [root / e for e in _entries(root)]
+    (entry / "model.onnx").write_bytes(b"not an onnx model")
+    meta = json.loads((entry / "meta.json").read_text())
+    meta["files"]["model.onnx"] = exports.file_sha256(entry / "model.onnx")
+    (entry / "meta.json").write_text(json.dumps(meta))
+    assert np.array_equal(_scores(bert, str(root), "onnx"), reference)  # type: ignore[arg-type]
+    assert "failed to load" in caplog.text and entry_is_valid(entry)
