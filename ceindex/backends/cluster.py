@@ -231,9 +231,16 @@ class ClusterBackend(Backend):
     def _unwritten(self, state: BuildState, result: dict[str, Any]) -> BackendError:
         """A batch the cluster could not take (a shard without a live copy, overload): the build fails, keeps its
         progress at the last full batch, and no document is blamed for it."""
+        head = (f"{self.ENGINE} at {self.url} could not write document {result.get('_id')!r} of this batch into "
+                f"{state.physical} (HTTP {result.get('status')}: {_item_reason(result)})")
+        if result.get("status") == 429:  # still refused after the bulk helper's retries: overloaded, not broken
+            return BackendError(
+                f"{head}: the cluster is overloaded (it still refused the write after {self.max_retries} retries). "
+                "Send it less at a time (lower --chunk-docs) or wait longer (raise --max-retries), and rerun the "
+                "same command to resume"
+            )
         return BackendError(
-            f"{self.ENGINE} at {self.url} could not write document {result.get('_id')!r} of this batch into "
-            f"{state.physical} (HTTP {result.get('status')}: {_item_reason(result)}): a node or shard is unavailable. "
+            f"{head}: a node or shard is unavailable. "
             "Bring the node back until GET _cluster/health has no unassigned primary shards (yellow or green) and "
             "rerun the same command to resume"
         )
