@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from ceindex.backends import Backend, Hit, open_backend
 from ceindex.config import FUSIONS, SERVER_FUSIONS, SearchConfig, Settings, load_settings
-from ceindex.errors import ConfigError, EncoderMismatchError, InputError
+from ceindex.errors import BackendError, ConfigError, EncoderMismatchError, InputError
 from ceindex.filters import Filter, parse_field_types, parse_filter
 from ceindex.models import Encoder, encoder_config_from_description, load_encoder
 from ceindex.models.config import default_ce_model
@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 MAX_K = 1000
 MAX_DEPTH = 10_000  # deepest page position: OpenSearch's and Elasticsearch's default result window and k-NN k
+FUSION_RECHECK_S = 30.0  # a long-lived pipeline re-decides server-side fusion this often (an alias swap may move
+# the index onto a build with another shard count): one small request to the backend, not one per query
 STAGES = ("encode", "bm25", "knn", "fusion", "fetch", "rerank")
 
 
@@ -94,6 +96,8 @@ class SearchPipeline:
         self._encoder = query_encoder
         self._reranker = reranker
         self._server_fusion: bool | None = None
+        self._fusion_decided_at = -float("inf")
+        self._fusion_caveat: str | None = None  # the caveat last logged, so a recheck logs only a change
         self._load_lock = threading.RLock()  # threads share one pipeline: models are loaded once, by one of them
         if self._encoder is not None:
             self._check_encoder(self._encoder)
@@ -123,11 +127,25 @@ class SearchPipeline:
 
     @property
     def uses_server_fusion(self) -> bool:
-        """Whether BM25 + k-NN are fused inside the backend (OpenSearch hybrid query with its search pipeline)."""
+        """Whether BM25 + k-NN are fused inside the backend (OpenSearch hybrid query with its search pipeline).
+        Decided on first use and again every :data:`FUSION_RECHECK_S` seconds: ``serve`` outlives alias swaps, and
+        ``--server-fusion auto`` must stop fusing in the cluster once the alias points at a several-shard build."""
         with self._load_lock:
+            now = time.monotonic()
             if self._server_fusion is None:
                 self._server_fusion = self._decide_server_fusion()
-        return self._server_fusion
+                self._fusion_decided_at = now
+            elif now - self._fusion_decided_at >= FUSION_RECHECK_S:
+                self._fusion_decided_at = now
+                try:
+                    before, self._server_fusion = self._server_fusion, self._decide_server_fusion()
+                    if before != self._server_fusion:
+                        logger.info("index '%s' changed: now fusing %s", self.index,
+                                    "in the cluster" if self._server_fusion else "in ceindex")
+                except BackendError as exc:  # keep the last decision; the search itself reports the cluster
+                    logger.warning("could not re-check server-side fusion for index '%s' (%s); keeping %s",
+                                   self.index, exc, "server-side" if self._server_fusion else "client-side")
+            return self._server_fusion
 
     def _decide_server_fusion(self) -> bool:
         cfg = self.config
@@ -139,10 +157,12 @@ class SearchPipeline:
                 "with the neural-search plugin; RRF there takes no weights); use --server-fusion auto or off"
             )
         caveat = self.backend.server_fusion_caveat(self.index, cfg.fusion) if able else None
+        changed, self._fusion_caveat = caveat != self._fusion_caveat, caveat
         if caveat and cfg.server_fusion == "auto":
-            logger.info("fusing in ceindex, not in the cluster (--server-fusion auto): %s", caveat)
+            if changed:
+                logger.info("fusing in ceindex, not in the cluster (--server-fusion auto): %s", caveat)
             return False
-        if caveat:
+        if caveat and changed:
             logger.warning("--server-fusion on: %s", caveat)
         return bool(able)
 

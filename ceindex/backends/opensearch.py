@@ -93,7 +93,6 @@ class OpenSearchBackend(ClusterBackend):
                          max_retries=config.max_retries, chunk_docs=chunk_docs, chunk_bytes=chunk_bytes)
         self._neural_search: bool | None = None
         self._neural_search_version = ""
-        self._shards: dict[str, int] = {}
         self._pipelines: set[str] = set()
 
     def _streaming_bulk(self) -> Any:
@@ -137,22 +136,23 @@ class OpenSearchBackend(ClusterBackend):
             self._neural_search_version = ", ".join(sorted(str(v) for v in versions))
         return self._neural_search
 
-    def _primary_shards(self, name: str) -> int:
-        if name not in self._shards:
-            found = self._call(f"reading the settings of {name}", self.client.indices.get_settings, index=name,
-                               name="index.number_of_shards")
-            self._shards[name] = max(int(body["settings"]["index"]["number_of_shards"]) for body in found.values())
-        return self._shards[name]
+    def _primary_shards(self, name: str) -> tuple[str, int]:
+        """The physical index ``name`` points at now and its primary shards: one request, not cached by ``name``
+        (an alias swap can point it at a build with another shard count; the pipeline asks once per decision)."""
+        found = self._call(f"reading the settings of {name}", self.client.indices.get_settings, index=name,
+                           name="index.number_of_shards")
+        shards = max(int(body["settings"]["index"]["number_of_shards"]) for body in found.values())
+        return ", ".join(sorted(found)), shards
 
     def server_fusion_caveat(self, name: str, method: str) -> str | None:
         """Server-side fusion ranks like ceindex's only on a one-shard index: neural-search (2.19.1 measured) runs
         the hybrid query per shard and fuses the shards' lists (RRF ranks per shard: neural-search #1703; min-max
         over the union of the shards' top lists), so on several shards both methods ranked differently from the
         fusion of the global BM25 and k-NN lists (tests/cluster/test_fusion_shards.py)."""
-        shards = self._primary_shards(name)
+        physical, shards = self._primary_shards(name)
         if shards <= 1:
             return None
-        return (f"index '{name}' has {shards} primary shards and neural-search {self._neural_search_version or '?'} "
+        return (f"index '{name}' ({physical}) has {shards} primary shards and neural-search {self._neural_search_version or '?'} "
                 f"fuses '{method}' per shard (RRF ranks per shard, neural-search #1703; min-max over the shards' "
                 "union), which ranks differently from fusing the global BM25 and k-NN lists")
 
