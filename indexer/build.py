@@ -113,20 +113,28 @@ def _reason_kind(reason: str) -> str:
     return reason.split(":")[0].split(" (")[0]
 
 
-def _batches(records: Iterator[Document | Rejected], size: int, timer: list[float]) -> Iterator[list[Document | Rejected]]:
-    batch: list[Document | Rejected] = []
+def _batches(records: Iterator[Document | Rejected], size: int, timer: list[float],
+             keep: Callable[[Document | Rejected], bool] | None = None,
+             ) -> Iterator[tuple[list[tuple[int, Document | Rejected]], int]]:
+    """Batches of ``size`` kept records, each as ``([(its corpus position, record), ...], corpus position at the
+    batch's end)``; a record ``keep`` refuses is dropped as it is read (a slice's batch holds its own rows only,
+    however many slices share the corpus), its position still counted. ``keep`` is called once per record."""
+    batch: list[tuple[int, Document | Rejected]] = []
+    position = yielded = 0
     while True:
         start = time.perf_counter()
         record = next(records, None)
         timer[0] += time.perf_counter() - start
         if record is None:
             break
-        batch.append(record)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+        position += 1
+        if keep is None or keep(record):
+            batch.append((position, record))
+            if len(batch) >= size:
+                yield batch, position
+                batch, yielded = [], position
+    if position > yielded:  # the last kept rows, or only others' rows after them: their position is committed too
+        yield batch, position
 
 
 def build_index(
@@ -209,13 +217,12 @@ def _load(
 ) -> list[Rejected]:
     """Read, validate, embed and write the corpus in committed batches (embedding overlaps the previous write).
 
-    ``keep`` (a slice build): only the rows it keeps are validated, counted and written; ``state.committed`` is
-    still the position in the whole corpus. ``commit`` records the progress (default ``backend.commit``)."""
+    ``keep`` (a slice build): only the rows it keeps are validated, counted, written and fill a batch;
+    ``state.committed`` is still the position in the whole corpus. ``commit`` records the progress (default ``backend.commit``)."""
     rejects: list[Rejected] = []
     first_line: dict[str, int] = {}
     read_timer = [0.0]
-    position = 0
-    kept = 0
+    kept = shown = 0
     commit = commit or backend.commit
     records = read_documents(corpus, id_field=build.id_field, text_field=build.text_field, title_field=build.title_field)
     bar = tqdm(desc=f"build {state.alias}", unit="doc", disable=not progress, initial=0)
@@ -229,12 +236,9 @@ def _load(
 
     pending: Future | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ceindex-write") as writer:
-        for batch in _batches(records, build.encode_batch_docs, read_timer):
+        for batch, end in _batches(records, build.encode_batch_docs, read_timer, keep):
             good: list[Document] = []
-            for record in batch:
-                position += 1
-                if keep is not None and not keep(record):
-                    continue
+            for position, record in batch:
                 kept += 1
                 if isinstance(record, Document) and types:
                     record = _typed(record, types, str(corpus))
@@ -247,8 +251,9 @@ def _load(
                 if position > state.committed:
                     good.append(record)
             summary.read = kept
-            bar.update(len(batch))
-            if position <= state.committed:
+            bar.update(end - shown)
+            shown = end
+            if end <= state.committed:
                 continue
             begin = time.perf_counter()
             vectors = encoder.encode([d.body for d in good]) if good else np.zeros((0, state.encoder.dims), np.float32)
@@ -256,7 +261,7 @@ def _load(
             summary.encoded += len(good)
             if pending is not None:
                 summary.write_s += pending.result()
-            pending = writer.submit(write, good, vectors, position)
+            pending = writer.submit(write, good, vectors, end)
             bar.set_postfix(rejected=len(rejects) + state.refused_total)
         if pending is not None:
             summary.write_s += pending.result()

@@ -10,11 +10,15 @@ of the corpus *content* (the file's SHA-256 plus the id/text/title fields and fi
 mtime it is the same on every machine that holds a copy of the file). Every later slice, on any machine, takes
 the lock in turn and finds that unpublished build by the fingerprint. A slice whose encoder settings differ from
 the build's (model, layer, pooling, max length, dtype, tokenizer: anything that changes a vector) is refused, and
-so is one that says another N: slices of one build never mix vectors.
+so is one that says another N (slices of one build never mix vectors) or other index settings (shards, HNSW m and
+ef_construction, recorded by the first slice; a build recorded without them is joined as before).
 
 **Each slice resumes on its own.** A slice holds its own lock (``NAME.slice-I-of-N``) while it loads and records
 its own progress (position in the corpus, rows read, rejected and refused, done or not) apart from the others
 (``backend.commit_slice``). Rerunning a killed slice's command resumes it after its last committed batch.
+Its batches hold ``encode_batch_docs`` of its own rows (the others' are dropped as they are read). ``--prune``
+keeps a sliced build until it is finalized or failed; a slice whose build was deleted anyway stops at its next
+write or commit (``sliced_build_gone``) and never re-creates it.
 
 **One rule for publishing.** Only ``ceindex build --finalize`` (the slices' command, with ``--finalize`` in place of
 ``--slice``) seals the index, runs the count check (documents in the index == rows of all slices - rejected) and
@@ -99,7 +103,8 @@ def _open_sliced(backend: Backend, alias: str, spec: SliceSpec, description: Enc
     _check_alias_encoder(backend, alias, description)
     state = next(_sliced_builds(backend, alias, fingerprint), None)
     if state is None:
-        state = BuildState(physical_name(alias), alias, description, fingerprint, fields=fields, slices=spec.count)
+        state = BuildState(physical_name(alias), alias, description, fingerprint, fields=fields, slices=spec.count,
+                           index_settings=settings.sliced_record())
         backend.create(state, settings)
         logger.info("slice %s: created the sliced build %s of %s", spec, state.physical, alias)
         return state
@@ -117,6 +122,15 @@ def _open_sliced(backend: Backend, alias: str, spec: SliceSpec, description: Enc
     if state.fields != fields:
         raise BackendError(f"slice {spec} refused: the build {state.physical} has the field types {state.fields}, "
                            f"this slice {fields}; give every slice the same --field flags")
+    mine = settings.sliced_record()
+    # a build recorded before the settings were kept (no index_settings) is joined as before
+    differing = {k: (v, mine[k]) for k, v in state.index_settings.items() if k in mine and v != mine[k]}
+    if differing:
+        flags = "; ".join(f"--{k.replace('_', '-')}: the build has {a}, this slice {b}" for k, (a, b) in differing.items())
+        raise BackendError(
+            f"slice {spec} refused: the build {state.physical} of '{alias}' that the other slices fill was created "
+            f"with other index settings ({flags}); one index has one set. Run this slice with the build's settings, "
+            f"or delete {state.physical} to start over with these")
     logger.info("slice %s joins the sliced build %s of %s", spec, state.physical, alias)
     return state
 
@@ -184,9 +198,9 @@ def _load_slice(backend: Backend, encoder: Encoder, corpus: Path, build: BuildCo
         total[0] += 1
         return spec.holds(record.id, record.line)
 
-    # each batch holds about encode_batch_docs rows of this slice, as an unsliced build's batches do
-    per_batch = replace(build, encode_batch_docs=build.encode_batch_docs * spec.count)
-    rejects = _load(backend, encoder, corpus, per_batch, state, summary, progress, types, keep=keep, commit=commit)
+    # each batch holds encode_batch_docs rows of this slice (the others' rows are skipped as they are read, never
+    # held), as an unsliced build's batches do, whatever N
+    rejects = _load(backend, encoder, corpus, build, state, summary, progress, types, keep=keep, commit=commit)
     _record_rejects(rejects, state.refused_total - len(state.refused), rejects_path, summary)
     state.committed = total[0]
     backend.commit_slice(state, spec.number,

@@ -47,6 +47,9 @@ class BuildState:
     refused_total: int = 0
     fields: dict[str, str] = field(default_factory=dict)  # typed metadata fields, {"lang": "keyword", ...}
     slices: int = 0  # N for a build filled by N slice builders (``ceindex build --slice I/N``), else 0
+    # the index settings a sliced build was created with ({"shards": 1, "knn_m": 16, "knn_ef_construction": 128}):
+    # every slice must give the same; empty for an unsliced build or a sliced one recorded before they were kept
+    index_settings: dict[str, int] = field(default_factory=dict)
 
     def record_refused(self, rows: Sequence[Rejected]) -> None:
         self.refused_total += len(rows)
@@ -58,6 +61,8 @@ class BuildState:
                  "refused": self.refused, "refused_total": self.refused_total}
         if self.slices:
             build["slices"] = self.slices
+        if self.index_settings:
+            build["index_settings"] = dict(self.index_settings)
         return {
             "ceindex_mapping_version": MAPPING_VERSION,
             "alias": self.alias,
@@ -80,7 +85,14 @@ class BuildState:
             refused_total=int(build.get("refused_total", 0)),
             fields=dict(meta.get("fields") or {}),
             slices=int(build.get("slices", 0)),
+            index_settings={k: int(v) for k, v in (build.get("index_settings") or {}).items()},
         )
+
+    @property
+    def slices_loading(self) -> bool:
+        """A sliced build whose slices may still be writing into it: not sealed by ``--finalize``, not failed.
+        ``prune`` keeps it (the slices hold only their own slice locks, not the alias's build lock)."""
+        return self.slices > 0 and self.status == BUILDING
 
 
 @dataclass
@@ -91,6 +103,10 @@ class IndexSettings:
     knn_ef_construction: int = 128
     shards: int = 1
     replicas: int = 0
+
+    def sliced_record(self) -> dict[str, int]:
+        """What every slice of one sliced build must agree on (replicas are set once, by ``--finalize``)."""
+        return {"shards": self.shards, "knn_m": self.knn_m, "knn_ef_construction": self.knn_ef_construction}
 
 
 @dataclass
@@ -113,6 +129,26 @@ class IndexInfo:
 def lock_holder() -> str:
     """How a build lock names its holder (this process) in a second builder's error message."""
     return f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+
+
+def prunable(physical: str, meta: dict[str, Any], alias: str, current: set[str]) -> bool:
+    """Whether ``prune(alias)`` may delete ``physical``: a build of exactly ``alias`` the alias does not point at,
+    and not a sliced build whose slices may still be writing (it is kept, with a log line, until ``--finalize``
+    seals it or its count check fails; an abandoned one is deleted by hand)."""
+    if physical in current or meta.get("alias") != alias:
+        return False
+    if "encoder" in meta and BuildState.from_meta(physical, meta).slices_loading:
+        logger.warning("prune keeps %s: a sliced build of '%s' not yet finalized (its slices may still be loading); "
+                       "delete it by hand if it was abandoned", physical, alias)
+        return False
+    return True
+
+
+def sliced_build_gone(state: BuildState) -> str:
+    """The error of a slice whose sliced build was deleted under it."""
+    return (f"the sliced build {state.physical} of '{state.alias}' no longer exists: it was deleted while this slice "
+            "was loading; nothing more of this slice was written or recorded. The other slices' rows went with it: "
+            "rerun every slice's command (they start a new sliced build), then --finalize")
 
 
 class BuildLockBusy(BackendError):
@@ -191,7 +227,8 @@ class Backend(ABC):
     @abstractmethod
     def prune(self, alias: str) -> list[str]:
         """Delete physical indexes recorded as builds of exactly ``alias`` (by name and metadata) that the alias no
-        longer points at; never another alias's indexes. Return their names."""
+        longer points at; never another alias's indexes, never a sliced build still loading (see
+        :func:`prunable`). Return their names."""
 
     # --- sliced builds (``ceindex build --slice I/N``: N builders fill one physical index) ----------
     # Each slice records its own progress apart from the index's build state (the slices commit at the same time,

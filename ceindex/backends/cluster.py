@@ -14,7 +14,16 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from ceindex.backends.base import COMPLETE, Backend, BuildState, Hit, IndexInfo, IndexSettings
+from ceindex.backends.base import (
+    COMPLETE,
+    Backend,
+    BuildState,
+    Hit,
+    IndexInfo,
+    IndexSettings,
+    prunable,
+    sliced_build_gone,
+)
 from ceindex.backends.cluster_lock import ClientErrors, ClusterBuildLock
 from ceindex.backends.names import LOCKS_INDEX, index_name, is_physical_of, searchable_name, slice_lock_name
 from ceindex.data.corpus import Document, Rejected
@@ -201,7 +210,17 @@ class ClusterBackend(Backend):
                 },
             }
 
+    def _check_sliced_build(self, state: BuildState) -> None:
+        """A slice writes only into its sliced build while it exists: a bulk write into a deleted index would
+        create it afresh (without the build's mapping and metadata), and a progress record would outlive it. An
+        index re-created that way (a delete between this check and the bulk) has no ``_meta``: the commit refuses."""
+        meta = self._metas(state.physical).get(state.physical) or {}  # {}: gone, or re-created without _meta
+        if (meta.get("build") or {}).get("corpus") != state.corpus_fingerprint:
+            raise BackendError(sliced_build_gone(state))
+
     def write(self, state: BuildState, docs: Sequence[Document], vectors: np.ndarray) -> list[Rejected]:
+        if state.slices and docs:
+            self._check_sliced_build(state)
         by_id = {doc.id: doc for doc in docs}
         rejects: list[Rejected] = []
         unwritten: dict[str, Any] | None = None
@@ -276,6 +295,7 @@ class ClusterBackend(Backend):
 
     def commit_slice(self, state: BuildState, number: int, record: dict[str, Any]) -> None:
         self.locks.check(slice_lock_name(state.alias, number, state.slices))
+        self._check_sliced_build(state)
         self._call(f"recording the progress of slice {number}/{state.slices} of {state.physical}", self.client.index,
                    index=LOCKS_INDEX, id=self._slice_id(state.physical, number, state.slices), body=record)
 
@@ -307,7 +327,7 @@ class ClusterBackend(Backend):
     def prune(self, alias: str) -> list[str]:
         self.locks.check(alias, verify=True)
         current = set(self._alias_targets(alias))
-        old = [name for name, meta in self.build_metas(alias).items() if meta.get("alias") == alias and name not in current]
+        old = [name for name, meta in self.build_metas(alias).items() if prunable(name, meta, alias, current)]
         for name in sorted(old):
             self._call(f"deleting {name}", self.client.indices.delete, index=name)
         return sorted(old)

@@ -32,6 +32,8 @@ from ceindex.backends.base import (
     IndexInfo,
     IndexSettings,
     lock_holder,
+    prunable,
+    sliced_build_gone,
 )
 from ceindex.backends.columns import FieldColumns
 from ceindex.backends.names import index_name, is_physical_of, looks_physical, searchable_name
@@ -98,6 +100,7 @@ class EmbeddedBackend(Backend):
         self.indexes_dir = self.home / "indexes"
         self.aliases_dir = self.home / "aliases"
         self._writers: dict[str, sqlite3.Connection] = {}
+        self._writer_inodes: dict[str, int] = {}  # the docs.sqlite file each writer opened (a slice's gone check)
         self._loaded: dict[str, _LoadedIndex] = {}
         self._load_lock = threading.Lock()
 
@@ -199,6 +202,24 @@ class EmbeddedBackend(Backend):
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
             self._writers[state.physical] = db
+            self._writer_inodes[state.physical] = os.stat(folder / "docs.sqlite").st_ino
+        return db
+
+    def _slice_writer(self, state: BuildState) -> sqlite3.Connection:
+        """The writer of the sliced build ``state``, refusing when its index is gone (deleted by hand, or by a
+        prune before prune kept loading sliced builds): the slice must not record itself complete in a file no
+        longer in the store, nor create the index afresh."""
+        path = self._folder(state.physical) / "docs.sqlite"
+        gone = state.physical not in self._writers and not path.is_file()
+        if not gone:
+            db = self._writer(state)
+            try:
+                gone = os.stat(path).st_ino != self._writer_inodes[state.physical]
+            except FileNotFoundError:
+                gone = True
+            gone = gone or db.execute("SELECT 1 FROM meta WHERE key = 'state'").fetchone() is None
+        if gone:
+            raise BackendError(sliced_build_gone(state))
         return db
 
     def create(self, state: BuildState, settings: IndexSettings) -> None:
@@ -207,7 +228,7 @@ class EmbeddedBackend(Backend):
         self.commit(state)
 
     def write(self, state: BuildState, docs: Sequence[Document], vectors: np.ndarray) -> list[Rejected]:
-        db = self._writer(state)
+        db = self._slice_writer(state) if state.slices else self._writer(state)
         rows = [
             (d.id, d.title, d.text, json.dumps(d.metadata, ensure_ascii=False, default=str), np.asarray(v, "<f4").tobytes())
             for d, v in zip(docs, vectors)
@@ -221,13 +242,13 @@ class EmbeddedBackend(Backend):
         db.commit()
 
     def read_slices(self, state: BuildState) -> dict[int, dict[str, Any]]:
-        rows = self._writer(state).execute("SELECT key, value FROM meta WHERE key LIKE 'slice-%'")
+        rows = self._slice_writer(state).execute("SELECT key, value FROM meta WHERE key LIKE 'slice-%'")
         records = {key: json.loads(value) for key, value in rows}
         return {n: records[_slice_key(n, state.slices)] for n in range(1, state.slices + 1)
                 if _slice_key(n, state.slices) in records}
 
     def commit_slice(self, state: BuildState, number: int, record: dict[str, Any]) -> None:
-        db = self._writer(state)  # the slice's documents and its progress become durable together
+        db = self._slice_writer(state)  # the slice's documents and its progress become durable together
         db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_slice_key(number, state.slices), json.dumps(record)))
         db.commit()
 
@@ -264,6 +285,7 @@ class EmbeddedBackend(Backend):
         self.commit(state)
         db.close()
         self._writers.pop(state.physical, None)
+        self._writer_inodes.pop(state.physical, None)
         meta = state.to_meta() | {"count": len(ids)}
         atomic_write_text(folder / "meta.json", json.dumps(meta, indent=2))
         return len(ids)
@@ -274,10 +296,10 @@ class EmbeddedBackend(Backend):
         logger.info("alias %s -> %s", state.alias, state.physical)
 
     def prune(self, alias: str) -> list[str]:
-        current = self.alias_target(alias)
+        current = {self.alias_target(alias)} - {None}
         removed = []
         for physical, meta in sorted(self.build_metas(alias).items()):
-            if physical != current and physical not in self._writers and meta.get("alias") == alias:
+            if physical not in self._writers and prunable(physical, meta, alias, current):
                 shutil.rmtree(self._folder(physical))
                 removed.append(physical)
         return removed
@@ -356,6 +378,7 @@ class EmbeddedBackend(Backend):
         for db in self._writers.values():
             db.close()
         self._writers.clear()
+        self._writer_inodes.clear()
         for loaded in self._loaded.values():
             loaded.close()
         self._loaded.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -73,7 +74,8 @@ def test_three_slices_one_crashed_and_resumed_then_one_finalize(settings: Settin
     assert first.slices_pending == ["2/3 (never started)", "3/3 (never started)"]
     with pytest.raises(_Crash):
         _slice(settings, encoder, SliceSpec(2, 3), tmp_path, crash_at_write=2)
-    with pytest.raises(BackendError, match=r"slice\(s\) 2/3 \(unfinished: 15 corpus rows committed\), "
+    # slice 2's first batch: its first 5 rows, the 12th row of the corpus the last of them
+    with pytest.raises(BackendError, match=r"slice\(s\) 2/3 \(unfinished: 12 corpus rows committed\), "
                                            r"3/3 \(never started\) not done"):
         _finalize(settings)
     assert _alias_target(settings) is None, "the alias must not move before all slices and the finalize"
@@ -85,9 +87,9 @@ def test_three_slices_one_crashed_and_resumed_then_one_finalize(settings: Settin
         _slice(settings, encoder, SliceSpec(3, 4), tmp_path)
 
     third = _slice(settings, encoder, SliceSpec(3, 3), tmp_path)
-    assert third.slices_pending == ["2/3 (unfinished: 15 corpus rows committed)"]
+    assert third.slices_pending == ["2/3 (unfinished: 12 corpus rows committed)"]
     second = _slice(settings, encoder, SliceSpec(2, 3), tmp_path)  # the rerun resumes after its committed batch
-    assert second.resumed_from == 15 and 0 < second.encoded < second.read and second.slices_pending == []
+    assert second.resumed_from == 12 and 0 < second.encoded < second.read and second.slices_pending == []
     assert _alias_target(settings) is None
     again = _slice(settings, encoder, SliceSpec(1, 3), tmp_path)  # a done slice rerun does nothing
     assert again.encoded == 0 and again.read == first.read
@@ -273,3 +275,118 @@ def test_a_failed_count_check_at_the_finalize_publishes_nothing_and_says_to_reru
         _finalize(settings)
     again = _slice(settings, encoder, SliceSpec(1, 2), tmp_path)
     assert again.physical != done[0].physical and again.encoded == again.read
+
+
+def _delete_physical(settings: Settings, physical: str) -> None:
+    """Delete a physical index behind ceindex's back (by hand, or an old prune)."""
+    if settings.opensearch.url:
+        backend = open_backend(settings)
+        try:
+            backend.client.indices.delete(index=physical)
+        finally:
+            backend.close()
+    else:
+        shutil.rmtree(Path(settings.home or "") / "indexes" / physical)
+
+
+def _physicals(settings: Settings) -> set[str]:
+    backend = open_backend(settings)
+    try:
+        return set(backend.build_metas(settings.index))
+    finally:
+        backend.close()
+
+
+def test_prune_keeps_a_sliced_build_whose_slices_are_still_loading(settings: Settings, encoder,
+                                                                   tmp_path: Path) -> None:
+    """An unsliced `build --prune` of the same alias while slice 2/2 is unfinished (its builder holds only its own
+    slice lock) publishes and prunes, but keeps the sliced build: slice 2 then resumes and the finalize publishes."""
+    first = _slice(settings, encoder, SliceSpec(1, 2), tmp_path)
+    with pytest.raises(_Crash):
+        _slice(settings, encoder, SliceSpec(2, 2), tmp_path, crash_at_write=2)
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"_id": f"o{i}", "text": f"other document {i}"}) + "\n" for i in range(5)))
+    backend = open_backend(settings)
+    try:
+        routine = build_index(backend, encoder, other, settings.index, settings.build,
+                              rejects_path=tmp_path / "o.jsonl", prune=True, progress=False)
+    finally:
+        backend.close()
+    assert routine.published and first.physical not in routine.pruned
+    assert first.physical in _physicals(settings)
+    second = _slice(settings, encoder, SliceSpec(2, 2), tmp_path)
+    assert second.physical == first.physical and second.resumed_from > 0 and second.slices_pending == []
+    final = _finalize(settings, prune=True)
+    assert final.published and final.indexed == 30 and routine.physical in final.pruned
+    assert _alias_target(settings) == first.physical
+
+
+def test_a_slice_whose_build_is_deleted_under_it_fails_clearly_and_creates_nothing(settings: Settings, encoder,
+                                                                                   tmp_path: Path) -> None:
+    first = _slice(settings, encoder, SliceSpec(1, 2), tmp_path)
+
+    class DeletesTheBuild:  # the build is deleted while slice 2 embeds its second batch
+        def __init__(self, inner):
+            self.inner, self.calls = inner, 0
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def encode(self, texts):
+            self.calls += 1
+            if self.calls == 2:
+                _delete_physical(settings, first.physical)
+            return self.inner.encode(texts)
+
+    with pytest.raises(BackendError, match=rf"the sliced build {first.physical} of '{settings.index}' no longer exists"):
+        _slice(settings, DeletesTheBuild(encoder), SliceSpec(2, 2), tmp_path)
+    assert first.physical not in _physicals(settings), "a write must not create the deleted index afresh"
+    if not settings.opensearch.url:
+        assert not (Path(settings.home or "") / "indexes" / first.physical).exists()
+
+
+def test_a_slice_batch_holds_encode_batch_docs_of_its_own_rows_whatever_n(settings: Settings, encoder,
+                                                                          tmp_path: Path) -> None:
+    """With N = 6 slices and --encode-batch-docs 2, slice 1 commits after every 2 of its own rows (not after 12
+    corpus rows), and the encoder never gets more than 2 texts at once."""
+    spec = SliceSpec(1, 6)
+    mine = [position for position, line in enumerate(CORPUS.read_text().splitlines(), start=1)
+            if spec.holds(json.loads(line)["_id"], position)]
+    assert len(mine) >= 4
+    settings = replace(settings, build=replace(settings.build, encode_batch_docs=2))
+    backend = open_backend(settings)
+    commits, sizes = [], []
+    real_commit, real_encode = backend.commit_slice, encoder.encode
+    backend.commit_slice = lambda state, number, record: (commits.append(record["committed"]),
+                                                          real_commit(state, number, record))[1]
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(encoder, name)
+
+        def encode(self, texts):
+            sizes.append(len(texts))
+            return real_encode(texts)
+
+    try:
+        summary = build_slice(backend, Counting(), CORPUS, settings.index, settings.build, spec,
+                              rejects_path=tmp_path / "r.jsonl", progress=False)
+    finally:
+        backend.close()
+    assert summary.read == len(mine) and max(sizes) <= 2 and sum(sizes) == len(mine)
+    full = len(mine) // 2
+    assert commits[:full] == [mine[2 * i + 1] for i in range(full)], (commits, mine)
+    assert commits[-1] == 30
+
+
+def test_a_slice_with_other_index_settings_is_refused_naming_them(settings: Settings, encoder,
+                                                                  tmp_path: Path) -> None:
+    first = _slice(settings, encoder, SliceSpec(1, 2), tmp_path)
+    build = settings.build
+    other = replace(settings, build=replace(build, shards=build.shards + 1, knn_m=build.knn_m * 2))
+    with pytest.raises(BackendError, match=rf"slice 2/2 refused: the build {first.physical} .*other index settings "
+                                           rf"\(--shards: the build has {build.shards}, this slice {build.shards + 1}; "
+                                           rf"--knn-m: the build has {build.knn_m}, this slice {build.knn_m * 2}\)"):
+        _slice(other, encoder, SliceSpec(2, 2), tmp_path)
+    same = replace(settings, build=replace(build, replicas=build.replicas + 1))  # replicas: set by the finalize
+    assert _slice(same, encoder, SliceSpec(2, 2), tmp_path).slices_pending == []

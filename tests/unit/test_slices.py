@@ -80,3 +80,31 @@ def test_cli_refuses_a_bad_slice_in_one_line(args: list[str], message: str, cein
 def test_build_help_documents_slices_with_an_example_for_n_machines() -> None:
     result = CliRunner().invoke(cli, ["build", "--help"])
     assert "--slice I/4" in result.output and "--finalize" in result.output and "I/N" in result.output
+
+
+def _meta(status: str, slices: int, **build) -> dict:
+    from ceindex.backends.base import BuildState
+    from ceindex.models.base import EncoderDescription
+    encoder = EncoderDescription(kind="ce-layer", model="m", weights_sha256="0" * 64, dims=4, layer=1)
+    meta = BuildState("docs-20260101t000000", "docs", encoder, "fp", status=status, slices=slices).to_meta()
+    meta["build"].update(build)
+    return meta
+
+
+def test_prune_keeps_only_sliced_builds_still_loading() -> None:
+    from ceindex.backends.base import BUILDING, COMPLETE, FAILED, prunable
+    name = "docs-20260101t000000"
+    assert not prunable(name, _meta(BUILDING, 3), "docs", set())  # its slices may still be writing
+    assert prunable(name, _meta(FAILED, 3), "docs", set()) and prunable(name, _meta(COMPLETE, 3), "docs", set())
+    assert prunable(name, _meta(BUILDING, 0), "docs", set())  # an unsliced build: its builder held the alias lock
+    assert not prunable(name, _meta(FAILED, 3), "docs", {name}) and not prunable(name, _meta(FAILED, 0), "other", set())
+
+
+def test_index_settings_are_recorded_and_a_build_recorded_without_them_still_reads() -> None:
+    from ceindex.backends.base import BUILDING, BuildState, IndexSettings
+    old = _meta(BUILDING, 2)
+    assert "index_settings" not in old["build"] and BuildState.from_meta("docs-1", old).index_settings == {}
+    recorded = IndexSettings(knn_m=32, shards=2).sliced_record()
+    new = BuildState.from_meta("docs-1", _meta(BUILDING, 2, index_settings=recorded))
+    assert new.index_settings == {"shards": 2, "knn_m": 32, "knn_ef_construction": 128}
+    assert new.to_meta()["build"]["index_settings"] == new.index_settings
